@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+# torch==2.13.0 is a CPU wheel on CPU-only machines that keep one on disk, and the regular
+# (CUDA) build from PyPI everywhere else. Another build: make TORCH_SPEC="torch==2.5.1" test
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+OUT ?= runs/demo
+
+.PHONY: install demo test lint lab clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(BIN)/dpo-teach bandit --out $(OUT)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+lab: $(INSTALLED)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

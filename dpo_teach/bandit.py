@@ -1,0 +1,254 @@
+"""A world where the answer is known: tabular policies over C contexts and K responses.
+
+A policy is a table ``pi`` of shape ``(C, K)`` whose rows sum to 1; a reward is a table
+``reward`` of shape ``(C, K)``. Everything is float64 so that checks can be made to 1e-10.
+
+The KL-constrained RLHF objective (notebook 2, Eq. 2.1; DPO paper Eq. 3)
+
+    J(pi) = E_{y ~ pi}[r(x, y)] - beta KL(pi(. | x) || pi_ref(. | x))
+
+has the closed-form maximizer (notebook 2, Eq. 2.2; DPO paper Eq. 4)
+
+    pi*(y | x) = pi_ref(y | x) exp(r(x, y) / beta) / Z(x),
+
+and :func:`solve` finds the minimizer of any loss of ``dpo_teach.losses`` over a table of
+softmax logits, using those same loss functions, so the two can be compared to float64 precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from dpo_teach.losses import get_loss
+from dpo_teach.newton import NewtonResult, PairwiseObjective, newton_minimize
+
+DTYPE = torch.float64
+
+
+def _as_table(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Check that ``value`` is a (C, K) tensor and return it as float64."""
+    value = torch.as_tensor(value, dtype=DTYPE)
+    if value.dim() != 2:
+        raise ValueError(f"{name} must have shape (C, K), got {tuple(value.shape)}")
+    return value
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+
+
+def random_instance(
+    num_contexts: int, num_responses: int, seed: int = 0, concentration: float = 1.0, reward_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random bandit: ``pi_ref ~ Dirichlet(concentration)`` per context, ``reward ~ N(0, reward_scale^2)``.
+
+    Returns ``(pi_ref, reward)``, each ``(C, K)`` float64.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        alphas = torch.full((num_contexts, num_responses), concentration, dtype=DTYPE)
+        pi_ref = torch.distributions.Dirichlet(alphas).sample()
+        reward = reward_scale * torch.randn(num_contexts, num_responses, dtype=DTYPE)
+    return pi_ref, reward
+
+
+def log_partition_function(pi_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """log Z(x) = log sum_y pi_ref(y | x) exp(r(x, y) / beta), computed stably; shape ``(C,)``."""
+    _check_beta(beta)
+    pi_ref, reward = _as_table("pi_ref", pi_ref), _as_table("reward", reward)
+    return torch.logsumexp(torch.log(pi_ref) + reward / beta, dim=-1)
+
+
+def partition_function(pi_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """Z(x) = sum_y pi_ref(y | x) exp(r(x, y) / beta) (notebook 2, Eq. 2.3); shape ``(C,)``."""
+    return torch.exp(log_partition_function(pi_ref, reward, beta))
+
+
+def optimal_policy(pi_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """pi*(y | x) = pi_ref(y | x) exp(r(x, y) / beta) / Z(x) (DPO Eq. 4; notebook 2, Eq. 2.2); ``(C, K)``."""
+    _check_beta(beta)
+    pi_ref, reward = _as_table("pi_ref", pi_ref), _as_table("reward", reward)
+    return torch.softmax(torch.log(pi_ref) + reward / beta, dim=-1)
+
+
+def implicit_reward(pi: torch.Tensor, pi_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """r_hat(x, y) = beta log(pi(y | x) / pi_ref(y | x)) (DPO Eq. 5; notebook 3, Eq. 3.1); ``(C, K)``.
+
+    For pi = pi* this is r(x, y) - beta log Z(x): the true reward up to a per-context constant.
+    """
+    _check_beta(beta)
+    pi, pi_ref = _as_table("pi", pi), _as_table("pi_ref", pi_ref)
+    return beta * (torch.log(pi) - torch.log(pi_ref))
+
+
+def kl_divergence(pi: torch.Tensor, pi_ref: torch.Tensor) -> torch.Tensor:
+    """KL(pi(. | x) || pi_ref(. | x)) = sum_y pi log(pi / pi_ref), with 0 log 0 = 0; shape ``(C,)``."""
+    pi, pi_ref = _as_table("pi", pi), _as_table("pi_ref", pi_ref)
+    return (torch.xlogy(pi, pi) - torch.xlogy(pi, pi_ref)).sum(-1)
+
+
+def rlhf_objective(pi: torch.Tensor, pi_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+    """J(pi) = E_pi[r] - beta KL(pi || pi_ref) per context (notebook 2, Eq. 2.1); shape ``(C,)``.
+
+    At the optimum pi* it equals beta log Z(x) (notebook 2, Eq. 2.4).
+    """
+    _check_beta(beta)
+    pi, reward = _as_table("pi", pi), _as_table("reward", reward)
+    return (pi * reward).sum(-1) - beta * kl_divergence(pi, pi_ref)
+
+
+def bradley_terry(reward: torch.Tensor) -> torch.Tensor:
+    """P[c, i, j] = sigma(r_i - r_j), the probability that i is preferred to j (notebook 1, Eq. 1.1).
+
+    Shape ``(C, K, K)``; ``P + P^T = 1`` and the diagonal is 1/2.
+    """
+    reward = _as_table("reward", reward)
+    return torch.sigmoid(reward[:, :, None] - reward[:, None, :])
+
+
+def deterministic_preferences(reward: torch.Tensor) -> torch.Tensor:
+    """P[c, i, j] = 1 if r_i > r_j, 0 if r_i < r_j, 1/2 on ties: the beta -> 0 limit of Bradley-Terry.
+
+    Shape ``(C, K, K)``. DPO has no finite minimizer on these (notebook 4).
+    """
+    reward = _as_table("reward", reward)
+    difference = reward[:, :, None] - reward[:, None, :]
+    return (difference > 0).to(DTYPE) + 0.5 * (difference == 0).to(DTYPE)
+
+
+def sample_comparisons(
+    preferences: torch.Tensor, sampling_policy: torch.Tensor, num_comparisons: int, seed: int = 0
+) -> torch.Tensor:
+    """Draw a finite preference dataset: counts ``wins[c, i, j]`` of "i preferred over j".
+
+    For each context, ``num_comparisons`` pairs (y1, y2) are drawn from
+    ``sampling_policy(y1) sampling_policy(y2)`` conditioned on y1 != y2 (as DPO's data come from
+    pi_ref = pi_SFT), and labelled y1 > y2 with probability ``preferences[c, y1, y2]``.
+
+    Shapes: ``preferences`` (C, K, K), ``sampling_policy`` (C, K); returns (C, K, K) float64 counts.
+    """
+    preferences = torch.as_tensor(preferences, dtype=DTYPE)
+    sampling_policy = _as_table("sampling_policy", sampling_policy)
+    num_contexts, num_responses = sampling_policy.shape
+    if preferences.shape != (num_contexts, num_responses, num_responses):
+        raise ValueError(
+            f"preferences must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, "
+            f"got {tuple(preferences.shape)}"
+        )
+    if num_comparisons < 1:
+        raise ValueError(f"num_comparisons must be >= 1, got {num_comparisons}")
+    generator = torch.Generator().manual_seed(seed)
+    off_diagonal = 1.0 - torch.eye(num_responses, dtype=DTYPE)
+    pair_probs = sampling_policy[:, :, None] * sampling_policy[:, None, :] * off_diagonal  # (C, K, K)
+    pair_probs = pair_probs.reshape(num_contexts, -1)
+    draws = torch.multinomial(pair_probs, num_comparisons, replacement=True, generator=generator)  # (C, n)
+    pair_counts = torch.zeros_like(pair_probs).scatter_add_(1, draws, torch.ones_like(draws, dtype=DTYPE))
+    pair_counts = pair_counts.reshape(num_contexts, num_responses, num_responses)  # N[c, y1, y2]
+    first_wins = torch.binomial(pair_counts, preferences, generator=generator)  # y1 preferred
+    return first_wins + (pair_counts - first_wins).transpose(1, 2)
+
+
+def _off_diagonal_weights(wins: torch.Tensor) -> torch.Tensor:
+    """Zero the diagonal of ``wins`` (C, K, K): a response compared with itself says nothing."""
+    if (wins < 0).any():
+        raise ValueError("wins must be >= 0: wins[c, i, j] is the weight of 'i preferred over j'")
+    weights = wins * (1.0 - torch.eye(wins.shape[-1], dtype=DTYPE))
+    if weights.sum() <= 0:
+        raise ValueError("wins has no weight off the diagonal: there is no comparison to learn from")
+    return weights
+
+
+@dataclass
+class SolveResult(NewtonResult):
+    """What :func:`solve` found: Newton's result (``theta`` are the logits) and ``policy`` (C, K).
+
+    ``converged`` is True only when Newton's steps shrank below tolerance at a finite point;
+    ``message`` says why it stopped.
+    """
+
+    policy: torch.Tensor
+
+
+def solve(
+    pi_ref: torch.Tensor,
+    wins: torch.Tensor,
+    beta: float,
+    loss: str = "dpo",
+    max_iter: int = 200,
+    xtol: float = 1e-11,
+    **loss_kwargs,
+) -> SolveResult:
+    """Minimize a preference loss of ``dpo_teach.losses`` over a table of softmax logits.
+
+    The objective (notebook 3, Eq. 3.5) is the weighted mean over ordered pairs i != j
+
+        L(theta) = sum_{c,i,j} wins[c,i,j] loss(log pi_theta(i|c), log pi_theta(j|c),
+                                               log pi_ref(i|c), log pi_ref(j|c)) / sum wins,
+
+    with pi_theta = softmax(theta). ``wins[c, i, j] >= 0`` weighs "i preferred over j": a
+    probability matrix such as :func:`bradley_terry` gives the population loss, counts from
+    :func:`sample_comparisons` the finite-data loss. The diagonal (i = j) carries no information
+    and is ignored. ``loss_kwargs`` go to the loss (``label_smoothing``, ``gamma``).
+
+    The policy starts at pi_ref and is optimized by Newton's method, with derivatives taken by
+    autograd through the loss itself (``dpo_teach.newton``), so converged solutions are exact to
+    float64 round-off. When the loss has no finite
+    minimizer (DPO on deterministic preferences: pushing pi(y_l) to 0 always lowers it) the
+    result says so: ``converged=False`` and a ``message`` that the logits diverge.
+
+    Shapes: ``pi_ref`` (C, K), ``wins`` (C, K, K).
+    """
+    _check_beta(beta)
+    loss_fn = get_loss(loss)
+    if loss == "hinge":
+        raise ValueError(
+            "solve needs a smooth loss: the hinge loss is piecewise linear, so Newton's method has no curvature "
+            "to use, and its minimizers are a whole set (every margin beyond 1/beta), with no unique optimum"
+        )
+    pi_ref = _as_table("pi_ref", pi_ref)
+    num_contexts, num_responses = pi_ref.shape
+    wins = torch.as_tensor(wins, dtype=DTYPE)
+    if wins.shape != (num_contexts, num_responses, num_responses):
+        raise ValueError(
+            f"wins must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, "
+            f"got {tuple(wins.shape)}"
+        )
+    log_ref = torch.log(pi_ref)
+    objective = PairwiseObjective(loss_fn, beta, loss_kwargs, log_ref, _off_diagonal_weights(wins))
+    found = newton_minimize(objective, log_ref.clone(), max_iter=max_iter, xtol=xtol)
+    return SolveResult(**vars(found), policy=torch.softmax(found.theta, -1))
+
+
+def fit_reward_model(
+    wins: torch.Tensor, l2: float = 0.0, max_iter: int = 200, xtol: float = 1e-11
+) -> tuple[torch.Tensor, NewtonResult]:
+    """Bradley-Terry maximum likelihood (notebook 1, Eq. 1.2), the first stage of RLHF.
+
+        r_hat = argmin_r  -sum_{c,i,j} wins[c,i,j] log sigma(r_i - r_j) / sum wins + (l2 / 2) |r|^2
+
+    This is the DPO loss with beta = 1 and a flat reference, which is why DPO and "reward model +
+    closed-form RLHF" agree exactly on tabular data when the MLE exists. Rewards are
+    identifiable only up to a constant per context; they are returned with mean 0 per context.
+    With ``l2 > 0`` (a ridge, the tabular stand-in for a reward model's weight decay) the estimate
+    is finite even where some response never lost.
+
+    ``wins`` (C, K, K) as in :func:`solve`. Returns ``(reward (C, K), NewtonResult)``.
+    """
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    wins = torch.as_tensor(wins, dtype=DTYPE)
+    if wins.dim() != 3 or wins.shape[1] != wins.shape[2]:
+        raise ValueError(f"wins must have shape (C, K, K), got {tuple(wins.shape)}")
+    num_contexts, num_responses, _ = wins.shape
+    flat_reference = torch.zeros(num_contexts, num_responses, dtype=DTYPE)
+    objective = PairwiseObjective(get_loss("dpo"), 1.0, {}, flat_reference, _off_diagonal_weights(wins), l2)
+    found = newton_minimize(objective, flat_reference.clone(), max_iter=max_iter, xtol=xtol)
+    return found.theta - found.theta.mean(-1, keepdim=True), found
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """TV(p, q) = (1/2) sum_y |p(y) - q(y)| per context; shape ``(C,)``."""
+    return 0.5 * (_as_table("p", p) - _as_table("q", q)).abs().sum(-1)
+
