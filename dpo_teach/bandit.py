@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from dpo_teach.losses import get_loss
 from dpo_teach.newton import NewtonResult, PairwiseObjective, newton_minimize
 
@@ -150,6 +151,30 @@ def sample_comparisons(
     return first_wins + (pair_counts - first_wins).transpose(1, 2)
 
 
+def ipo_optimal_policy(pi_ref: torch.Tensor, preferences: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO's population optimum when every pair is compared equally often (notebook 4, Eq. 4.5).
+
+    Here P_ij = preferences[c, i, j] and the loss is weighted as in :func:`solve`.
+
+    Minimizing sum_{i != j} P_ij (h_ij - 1/(2 beta))^2 with P_ij + P_ji = 1 is a least-squares
+    problem on the complete graph, solved by log(pi / pi_ref)_i = mean_j P_ij / beta + const.
+    Shapes: ``pi_ref`` (C, K), ``preferences`` (C, K, K) -> (C, K).
+    """
+    return torch.softmax(torch.log(pi_ref) + preferences.mean(-1) / beta, dim=-1)
+
+
+def cdpo_optimal_margin(preferences: torch.Tensor, label_smoothing: float, beta: float) -> torch.Tensor:
+    """cDPO's optimal margin h* on two responses: beta h* = logit((1 - eps) P_01 + eps P_10) (notebook 4, Eq. 4.3).
+
+    With more than two responses the smoothed preferences are no longer Bradley-Terry and the
+    optimum has no closed form; :func:`solve` finds it.
+
+    Shape: ``preferences`` (C, 2, 2) -> (C,).
+    """
+    smoothed = (1 - label_smoothing) * preferences[:, 0, 1] + label_smoothing * preferences[:, 1, 0]
+    return torch.logit(smoothed) / beta
+
+
 def _off_diagonal_weights(wins: torch.Tensor) -> torch.Tensor:
     """Zero the diagonal of ``wins`` (C, K, K): a response compared with itself says nothing."""
     if (wins < 0).any():
@@ -212,8 +237,7 @@ def solve(
     wins = torch.as_tensor(wins, dtype=DTYPE)
     if wins.shape != (num_contexts, num_responses, num_responses):
         raise ValueError(
-            f"wins must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, "
-            f"got {tuple(wins.shape)}"
+            f"wins must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, got {tuple(wins.shape)}"
         )
     log_ref = torch.log(pi_ref)
     objective = PairwiseObjective(loss_fn, beta, loss_kwargs, log_ref, _off_diagonal_weights(wins))
@@ -251,4 +275,3 @@ def fit_reward_model(
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """TV(p, q) = (1/2) sum_y |p(y) - q(y)| per context; shape ``(C,)``."""
     return 0.5 * (_as_table("p", p) - _as_table("q", q)).abs().sum(-1)
-

@@ -25,7 +25,8 @@ Notation (notebook 3): the log-ratio margin is
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ LOGPS_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps
 def _check_inputs(logps: tuple[torch.Tensor, ...], beta: float) -> None:
     """Raise ValueError naming the first argument that is not a matching ``(B,)`` tensor."""
     expected = logps[0].shape
-    for name, value in zip(LOGPS_NAMES, logps):
+    for name, value in zip(LOGPS_NAMES, logps, strict=True):
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (B,), got {type(value).__name__}")
         if value.dim() != 1:

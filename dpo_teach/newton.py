@@ -51,9 +51,7 @@ class PairwiseObjective:
 
     def _pair_output(self, chosen: torch.Tensor, rejected: torch.Tensor) -> PreferenceLoss:
         """The loss of "i preferred over j" for every ordered pair, flattened to (C*K*K,)."""
-        return self.loss_fn(
-            chosen, rejected, self._ref_chosen, self._ref_rejected, beta=self.beta, **self.loss_kwargs
-        )
+        return self.loss_fn(chosen, rejected, self._ref_chosen, self._ref_rejected, beta=self.beta, **self.loss_kwargs)
 
     def _ridge(self, theta: torch.Tensor) -> torch.Tensor:
         return theta - theta.mean(-1, keepdim=True)

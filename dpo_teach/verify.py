@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
 from dpo_teach import bandit
 
 # The default sweep: a large instance for the timing target and smaller ones across beta.
@@ -53,25 +51,6 @@ def _error_row(name, shape, beta, error, tolerance, result=None, seconds=0.0) ->
     return Check(name, *shape, beta, error, f"<= {tolerance:.0e}", iterations, seconds, passed)
 
 
-def ipo_optimal_policy(pi_ref: torch.Tensor, preferences: torch.Tensor, beta: float) -> torch.Tensor:
-    """IPO's population optimum when every pair is compared equally often (notebook 4, Eq. 4.5).
-
-    Minimizing sum_{i != j} P_ij (h_ij - 1/(2 beta))^2 with P_ij + P_ji = 1 is a least-squares
-    problem on the complete graph, solved by log(pi / pi_ref)_i = mean_j P_ij / beta + const.
-    Shapes: ``pi_ref`` (C, K), ``preferences`` (C, K, K) -> (C, K).
-    """
-    return torch.softmax(torch.log(pi_ref) + preferences.mean(-1) / beta, dim=-1)
-
-
-def cdpo_two_response_margin(preferences: torch.Tensor, label_smoothing: float, beta: float) -> torch.Tensor:
-    """cDPO's optimal margin h* for K = 2: beta h* = logit((1 - eps) P_01 + eps P_10) (notebook 4, Eq. 4.3).
-
-    Shape: ``preferences`` (C, 2, 2) -> (C,).
-    """
-    smoothed = (1 - label_smoothing) * preferences[:, 0, 1] + label_smoothing * preferences[:, 1, 0]
-    return torch.logit(smoothed) / beta
-
-
 def run_checks(sizes=DEFAULT_SIZES, betas=DEFAULT_BETAS, seed: int = 0, label_smoothing: float = 0.1) -> list[Check]:
     """Run every check on random instances (Dirichlet pi_ref, Gaussian rewards); returns the rows."""
     rows = []
@@ -87,9 +66,11 @@ def run_checks(sizes=DEFAULT_SIZES, betas=DEFAULT_BETAS, seed: int = 0, label_sm
             gap = bandit.rlhf_objective(optimum, pi_ref, reward, beta) - beta * bandit.log_partition_function(
                 pi_ref, reward, beta
             )
-            rows.append(_error_row("max|J(pi*) - beta log Z|", shape, beta, gap.abs().max().item(), OBJECTIVE_TOLERANCE))
+            rows.append(
+                _error_row("max|J(pi*) - beta log Z|", shape, beta, gap.abs().max().item(), OBJECTIVE_TOLERANCE)
+            )
             result, seconds = _timed_solve(pi_ref, preferences, beta, loss="ipo")
-            error = (result.policy - ipo_optimal_policy(pi_ref, preferences, beta)).abs().max().item()
+            error = (result.policy - bandit.ipo_optimal_policy(pi_ref, preferences, beta)).abs().max().item()
             rows.append(_error_row("max|pi_IPO - closed form|", shape, beta, error, POLICY_TOLERANCE, result, seconds))
 
     pi_ref, reward = bandit.random_instance(50, 2, seed=seed + len(sizes))
@@ -97,7 +78,7 @@ def run_checks(sizes=DEFAULT_SIZES, betas=DEFAULT_BETAS, seed: int = 0, label_sm
     for beta in betas:
         result, seconds = _timed_solve(pi_ref, preferences, beta, label_smoothing=label_smoothing)
         margin = (result.theta[:, 0] - result.theta[:, 1]) - (pi_ref[:, 0].log() - pi_ref[:, 1].log())
-        error = (margin - cdpo_two_response_margin(preferences, label_smoothing, beta)).abs().max().item()
+        error = (margin - bandit.cdpo_optimal_margin(preferences, label_smoothing, beta)).abs().max().item()
         name = f"max|h_cDPO - h*|, eps={label_smoothing}"
         rows.append(_error_row(name, (50, 2), beta, error, POLICY_TOLERANCE, result, seconds))
 
@@ -107,19 +88,33 @@ def run_checks(sizes=DEFAULT_SIZES, betas=DEFAULT_BETAS, seed: int = 0, label_sm
         dpo, seconds = _timed_solve(pi_ref, hard, beta)
         diverged = not dpo.converged and "no finite minimizer" in dpo.message
         spread = (dpo.theta.amax(-1) - dpo.theta.amin(-1)).max().item()
-        rows.append(Check("deterministic: DPO logit spread", 10, 5, beta, spread, "diverges", dpo.iterations,
-                          seconds, diverged))
+        rows.append(
+            Check("deterministic: DPO logit spread", 10, 5, beta, spread, "diverges", dpo.iterations, seconds, diverged)
+        )
         for name, kwargs in (("IPO", {"loss": "ipo"}), ("cDPO", {"label_smoothing": label_smoothing})):
             result, seconds = _timed_solve(pi_ref, hard, beta, **kwargs)
             smallest = result.policy.min().item()
-            rows.append(Check(f"deterministic: {name} min pi", 10, 5, beta, smallest, "> 0, converged",
-                              result.iterations, seconds, result.converged and smallest > 0))
+            rows.append(
+                Check(
+                    f"deterministic: {name} min pi",
+                    10,
+                    5,
+                    beta,
+                    smallest,
+                    "> 0, converged",
+                    result.iterations,
+                    seconds,
+                    result.converged and smallest > 0,
+                )
+            )
     return rows
 
 
 def format_table(rows: list[Check]) -> str:
     """The rows as a fixed-width text table."""
-    header = f"{'check':<34} {'C':>4} {'K':>3} {'beta':>5} {'measured':>9} {'required':>15} {'iters':>5} {'time s':>7}  ok"
+    header = (
+        f"{'check':<34} {'C':>4} {'K':>3} {'beta':>5} {'measured':>9} {'required':>15} {'iters':>5} {'time s':>7}  ok"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
