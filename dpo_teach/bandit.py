@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_teach.losses import get_loss
-from dpo_teach.newton import NewtonResult, PairwiseObjective, newton_minimize
+from dpo_teach.newton import NewtonResult, PairwiseObjective, finite_minimizer_exists, newton_minimize
 
 DTYPE = torch.float64
 
@@ -32,6 +32,16 @@ def _as_table(name: str, value: torch.Tensor) -> torch.Tensor:
     value = torch.as_tensor(value, dtype=DTYPE)
     if value.dim() != 2:
         raise ValueError(f"{name} must have shape (C, K), got {tuple(value.shape)}")
+    return value
+
+
+def _as_pair_table(name: str, value: torch.Tensor, table_shape: torch.Size) -> torch.Tensor:
+    """Check that ``value`` is (C, K, K) for a (C, K) table and return it as float64."""
+    value = torch.as_tensor(value, dtype=DTYPE)
+    num_contexts, num_responses = table_shape
+    expected = (num_contexts, num_responses, num_responses)
+    if value.shape != expected:
+        raise ValueError(f"{name} must have shape (C, K, K) = {expected}, got {tuple(value.shape)}")
     return value
 
 
@@ -160,6 +170,9 @@ def ipo_optimal_policy(pi_ref: torch.Tensor, preferences: torch.Tensor, beta: fl
     problem on the complete graph, solved by log(pi / pi_ref)_i = mean_j P_ij / beta + const.
     Shapes: ``pi_ref`` (C, K), ``preferences`` (C, K, K) -> (C, K).
     """
+    _check_beta(beta)
+    pi_ref = _as_table("pi_ref", pi_ref)
+    preferences = _as_pair_table("preferences", preferences, pi_ref.shape)
     return torch.softmax(torch.log(pi_ref) + preferences.mean(-1) / beta, dim=-1)
 
 
@@ -171,6 +184,12 @@ def cdpo_optimal_margin(preferences: torch.Tensor, label_smoothing: float, beta:
 
     Shape: ``preferences`` (C, 2, 2) -> (C,).
     """
+    _check_beta(beta)
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    preferences = torch.as_tensor(preferences, dtype=DTYPE)
+    if preferences.dim() != 3 or preferences.shape[1:] != (2, 2):
+        raise ValueError(f"preferences must have shape (C, 2, 2), got {tuple(preferences.shape)}")
     smoothed = (1 - label_smoothing) * preferences[:, 0, 1] + label_smoothing * preferences[:, 1, 0]
     return torch.logit(smoothed) / beta
 
@@ -233,16 +252,38 @@ def solve(
             "to use, and its minimizers are a whole set (every margin beyond 1/beta), with no unique optimum"
         )
     pi_ref = _as_table("pi_ref", pi_ref)
-    num_contexts, num_responses = pi_ref.shape
-    wins = torch.as_tensor(wins, dtype=DTYPE)
-    if wins.shape != (num_contexts, num_responses, num_responses):
-        raise ValueError(
-            f"wins must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, got {tuple(wins.shape)}"
-        )
+    wins = _as_pair_table("wins", wins, pi_ref.shape)
     log_ref = torch.log(pi_ref)
     objective = PairwiseObjective(loss_fn, beta, loss_kwargs, log_ref, _off_diagonal_weights(wins))
     found = newton_minimize(objective, log_ref.clone(), max_iter=max_iter, xtol=xtol)
     return SolveResult(**vars(found), policy=torch.softmax(found.theta, -1))
+
+
+def has_finite_minimizer(wins: torch.Tensor, beta: float = 1.0, loss: str = "dpo", **loss_kwargs) -> torch.Tensor:
+    """Whether the loss :func:`solve` minimizes attains its minimum, per context; (C, K, K) -> (C,) bool.
+
+    For DPO (and, with ``beta = 1``, the Bradley-Terry MLE of :func:`fit_reward_model`) this is
+    Ford's condition (notebook 1): however the responses of a connected part of the comparison graph
+    are split in two, each side was preferred to the other side at least once. Otherwise the
+    logits of the side that never lost can rise forever while the loss keeps falling. IPO and cDPO
+    always have a minimizer. The test reads the loss's slopes at infinite margins
+    (``dpo_teach.newton.finite_minimizer_exists``); where those cannot decide it (rDPO with a pair
+    that wins too rarely the other way) a ValueError says so. pi_ref does not matter: it only
+    shifts margins by finite amounts.
+    """
+    _check_beta(beta)
+    wins = torch.as_tensor(wins, dtype=DTYPE)
+    if wins.dim() != 3 or wins.shape[1] != wins.shape[2]:
+        raise ValueError(f"wins must have shape (C, K, K), got {tuple(wins.shape)}")
+    flat_reference = torch.zeros(wins.shape[:2], dtype=DTYPE)
+    objective = PairwiseObjective(get_loss(loss), beta, loss_kwargs, flat_reference, _off_diagonal_weights(wins))
+    exists = finite_minimizer_exists(objective)
+    if exists is None:
+        raise ValueError(
+            f"cannot decide whether the {loss!r} loss has a minimizer on these wins: it is unbounded below along "
+            "some pair, so existence depends on every cut of the comparison graph; solve() watches the margins instead"
+        )
+    return exists
 
 
 def fit_reward_model(
@@ -256,7 +297,10 @@ def fit_reward_model(
     closed-form RLHF" agree exactly on tabular data when the MLE exists. Rewards are
     identifiable only up to a constant per context; they are returned with mean 0 per context.
     With ``l2 > 0`` (a ridge, the tabular stand-in for a reward model's weight decay) the estimate
-    is finite even where some response never lost.
+    is finite even where some response never lost. The ridge is added to the *mean* loss, so its
+    pull does not fade as data grow; scale it as 1 / (number of comparisons) for one that does.
+    Without it, a context that fails Ford's condition (:func:`has_finite_minimizer`) is reported
+    with ``converged=False`` and nothing is iterated.
 
     ``wins`` (C, K, K) as in :func:`solve`. Returns ``(reward (C, K), NewtonResult)``.
     """

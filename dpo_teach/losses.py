@@ -45,10 +45,11 @@ LOGPS_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps
 
 def _check_inputs(logps: tuple[torch.Tensor, ...], beta: float) -> None:
     """Raise ValueError naming the first argument that is not a matching ``(B,)`` tensor."""
-    expected = logps[0].shape
     for name, value in zip(LOGPS_NAMES, logps, strict=True):
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (B,), got {type(value).__name__}")
+    expected = logps[0].shape
+    for name, value in zip(LOGPS_NAMES, logps, strict=True):
         if value.dim() != 1:
             raise ValueError(f"{name} must have shape (B,), got {tuple(value.shape)}")
         if value.shape != expected:
@@ -218,6 +219,10 @@ def nll_loss(policy_chosen_logps: torch.Tensor, chosen_token_counts: torch.Tenso
         raise ValueError("policy_chosen_logps must be a torch.Tensor of shape (B,)")
     if chosen_token_counts is None:
         return -policy_chosen_logps
+    if not isinstance(chosen_token_counts, torch.Tensor):
+        raise ValueError(
+            f"chosen_token_counts must be a torch.Tensor of shape (B,), got {type(chosen_token_counts).__name__}"
+        )
     if chosen_token_counts.shape != policy_chosen_logps.shape:
         raise ValueError(
             f"chosen_token_counts has shape {tuple(chosen_token_counts.shape)} but policy_chosen_logps has "

@@ -16,6 +16,9 @@ of that margin, the derivatives are
 a weighted graph Laplacian. l' and l'' come from autograd through the loss function itself, so
 what is solved is exactly the code that trains GPT-2. A test checks these against autograd's
 Hessian of the softmax-parametrized objective.
+
+Whether a minimizer exists at all is decided before iterating, from the same loss: see
+:func:`finite_minimizer_exists`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from dataclasses import dataclass
 import torch
 
 from dpo_teach.losses import PreferenceLoss, PreferenceLossFn
+
+MAX_STEP_NATS = 16.0  # largest change of an implicit reward in one Newton step: e^16 ~ 1e7 in odds
+FAR_MARGIN = 1e3  # beta * h at which the slopes of a loss are taken as its slopes at infinity (e^-1000 == 0.0)
 
 
 @dataclass
@@ -80,6 +86,7 @@ class PairwiseObjective:
             (second,) = torch.autograd.grad(first.sum(), chosen)  # l''(h_ij)
         else:
             second = torch.zeros_like(first)  # a loss linear in the margin on this region
+        first = first.detach()  # nothing Newton returns may carry this graph
         first = first.view_as(losses) * self.weights / total  # w_ij l'(h_ij) / W
         second = second.view_as(losses) * self.weights / total  # w_ij l''(h_ij) / W
         value = (self.weights * losses.detach()).sum((1, 2)) / total
@@ -93,6 +100,82 @@ class PairwiseObjective:
             gradient = gradient + self.l2 * centered
             hess = hess + self.l2 * (torch.eye(size, dtype=theta.dtype) - 1.0 / size)
         return value, gradient, hess
+
+    def recession_costs(self) -> torch.Tensor:
+        """How fast each compared pair's loss grows as theta_i - theta_j -> +inf; (C, K) -> (C, K, K).
+
+        The pair {i, j} contributes f(h) = (w_ij l(h) + w_ji l(-h)) / W with h = theta_i - theta_j, so
+
+            cost[c, i, j] = lim_{h -> +inf} f'(h) = (w_ij l'(+inf) - w_ji l'(-inf)) / W,
+
+        with l'(+-inf) read from the loss itself at beta h = +-FAR_MARGIN. For DPO, l'(+inf) = 0 and
+        l'(-inf) = -beta, so cost[c, i, j] = beta w_ji / W: raising i over j costs only if j ever won.
+        """
+        far = torch.tensor([FAR_MARGIN, -FAR_MARGIN], dtype=self.log_ref.dtype) / self.beta
+        zero = torch.zeros_like(far)
+        far.requires_grad_(True)
+        losses = self.loss_fn(far, zero, zero, zero, beta=self.beta, **self.loss_kwargs).losses
+        (slope_up, slope_down) = torch.autograd.grad(losses.sum(), far)[0].tolist()  # l'(+inf), l'(-inf)
+        total = self.weights.sum()
+        return (self.weights * slope_up - self.weights.transpose(1, 2) * slope_down) / total
+
+
+def _reachability(edges: torch.Tensor) -> torch.Tensor:
+    """Reflexive-transitive closure of directed graphs: ``edges`` (C, K, K) bool -> (C, K, K) bool.
+
+    ``reach[c, i, j]`` is True when a path i -> ... -> j exists (every i reaches itself).
+    """
+    size = edges.shape[-1]
+    reach = (edges | torch.eye(size, dtype=torch.bool)).double()  # paths of length <= 1
+    for _ in range(max(1, (size - 1).bit_length())):  # after n squarings: paths of length <= 2^n >= K - 1
+        reach = ((reach @ reach) > 0).double()
+    return reach > 0
+
+
+def finite_minimizer_exists(objective: PairwiseObjective) -> torch.Tensor | None:
+    """Whether each context's F_c attains its minimum: (C,) bool, or None when this test cannot tell.
+
+    F_c is convex in theta and blind to constants on each connected component of the comparison
+    graph. Moving theta far along a direction d costs, per unit, the sum over pairs of
+    |d_i - d_j| cost[c, i, j] with i the one raised (:meth:`PairwiseObjective.recession_costs`).
+    With every cost >= 0, a minimizer exists iff every direction that is not constant on the
+    components costs something, i.e. iff no set S of responses can be raised above the rest of its
+    component with cost[c, i, j] = 0 for all i in S, j outside: the graph with an edge i -> j where
+    cost[c, i, j] > 0 must be strongly connected within each component. For DPO and the
+    Bradley-Terry MLE this is Ford's condition (1957): however a component is split in two, each
+    side was preferred to the other at least once (notebook 1, "Exactly when it exists"). IPO and
+    cDPO (eps > 0) charge for every direction, so their minimizers always exist.
+
+    A negative cost (rDPO's loss is unbounded below along a pair that wins too rarely the other way)
+    makes existence a question about every cut of the graph; the answer is then None and
+    :func:`newton_minimize` watches the margins instead. A ridge (l2 > 0) makes F_c strongly convex:
+    always True.
+    """
+    num_contexts = objective.weights.shape[0]
+    if objective.l2 > 0:
+        return torch.ones(num_contexts, dtype=torch.bool)
+    cost = objective.recession_costs()
+    if (cost < 0).any():
+        return None
+    compared = (objective.weights + objective.weights.transpose(1, 2)) > 0
+    same_component = _reachability(compared)
+    return (_reachability(cost > 0) == same_component).all(-1).all(-1)
+
+
+def _describe_missing_minimizer(objective: PairwiseObjective, exists: torch.Tensor) -> str:
+    """Name a context without a minimizer and the responses whose logits can rise for free."""
+    context = int((~exists).nonzero()[0])
+    cost = objective.recession_costs()[context : context + 1]
+    compared = (objective.weights + objective.weights.transpose(1, 2))[context : context + 1] > 0
+    reach, component = _reachability(cost > 0)[0], _reachability(compared)[0]
+    response = int((reach != component).any(-1).nonzero()[0])
+    free = reach[response].nonzero().flatten().tolist()
+    rest = (component[response] & ~reach[response]).nonzero().flatten().tolist()
+    return (
+        f"no finite minimizer in {int((~exists).sum())} of {len(exists)} contexts; in context {context}, raising the "
+        f"logits of responses {free} above those of {rest} never raises the loss and keeps lowering it toward its "
+        f"infimum (for DPO: none of {rest} was ever preferred to any of {free}). Not iterated."
+    )
 
 
 @dataclass
@@ -114,14 +197,11 @@ def _null_space_projector(weights: torch.Tensor, ridge: bool) -> torch.Tensor:
     comparison graph (an isolated response is a component of its own) changes no margin. With a
     ridge, only the global constant is invisible.
     """
-    num_contexts, size, _ = weights.shape
+    size = weights.shape[-1]
     if ridge:
         return torch.full_like(weights, 1.0 / size)
-    eye = torch.eye(size, dtype=weights.dtype)
-    reach = ((weights + weights.transpose(1, 2)) > 0).to(weights.dtype) + eye  # one step
-    for _ in range(max(1, (size - 1).bit_length())):  # paths of length up to 2^n >= K - 1
-        reach = ((reach @ reach) > 0).to(weights.dtype)
-    return reach / reach.sum(-1, keepdim=True)  # (1_S 1_S^T) / |S| for each component S
+    same_component = _reachability((weights + weights.transpose(1, 2)) > 0).to(weights.dtype)
+    return same_component / same_component.sum(-1, keepdim=True)  # (1_S 1_S^T) / |S| for each component S
 
 
 def newton_minimize(
@@ -130,7 +210,7 @@ def newton_minimize(
     max_iter: int = 200,
     xtol: float = 1e-11,
     gtol: float = 1e-12,
-    max_margin: float = 50.0,
+    max_margin: float = 30.0,
 ) -> NewtonResult:
     """Minimize every context's F_c by damped Newton from ``theta`` (C, K).
 
@@ -141,15 +221,34 @@ def newton_minimize(
     entry below ``gtol``: Newton converges quadratically, so the error is then far below both.
 
     A loss with no finite minimizer (its infimum lies at infinite margins, as DPO's does on
-    deterministic preferences) is reported as such, never as converged: the iteration stops once
-    an implicit reward margin |r_hat_i - r_hat_j| of a compared pair exceeds ``max_margin`` nats,
-    preference odds of e^50 by default, beyond anything a finite dataset says.
+    deterministic preferences) is reported as such, never as converged. Where
+    :func:`finite_minimizer_exists` decides it, that is said before any step is taken and ``theta``
+    is returned unchanged. Where it cannot decide, the iteration stops once an implicit reward
+    margin |r_hat_i - r_hat_j| of a compared pair exceeds ``max_margin`` nats (preference odds of
+    e^30, beyond anything a finite dataset says, and before the loss's curvature underflows).
     """
+    exists = finite_minimizer_exists(objective)
+    if exists is not None and not exists.all():
+        value, gradient, _ = objective.derivatives(theta)
+        message = _describe_missing_minimizer(objective, exists)
+        return NewtonResult(theta, value.sum().item(), gradient.abs().max().item(), 0, False, message)
+    watch_margins = exists is None
     num_contexts = theta.shape[0]
     null_projector = _null_space_projector(objective.weights, ridge=objective.l2 > 0)
     for iteration in range(1, max_iter + 1):
         value, gradient, hess = objective.derivatives(theta)
-        step = -torch.linalg.solve(hess + null_projector, gradient[..., None])[..., 0]  # (C, K)
+        system = hess + null_projector
+        solution, info = torch.linalg.solve_ex(system, gradient[..., None])
+        if info.any():
+            # Far out on a logistic tail the curvature underflows to 0 before the gradient does, and H
+            # turns singular; a ridge of float64 size keeps those steps finite (Levenberg-Marquardt).
+            damping = 1e-12 * (1.0 + hess.diagonal(dim1=1, dim2=2).abs().amax(-1))  # (C,)
+            system = system + damping[:, None, None] * torch.eye(theta.shape[-1], dtype=theta.dtype)
+            solution = torch.linalg.solve(system, gradient[..., None])
+        step = -solution[..., 0]  # (C, K)
+        # A trust region: no step moves an implicit reward beta * theta by more than MAX_STEP_NATS.
+        step_nats = objective.beta * step.abs().amax(-1, keepdim=True)  # (C, 1)
+        step = step * (MAX_STEP_NATS / step_nats).clamp(max=1.0)
         slope = (gradient * step).sum(-1)  # (C,) directional derivative, <= 0
         # Where the predicted decrease is below float64 resolution of the loss, Armijo's test is noise;
         # there the full Newton step is taken (it is inside the region of quadratic convergence).
@@ -164,7 +263,7 @@ def newton_minimize(
         theta = theta + step_size[:, None] * step
         largest_step = (step_size[:, None] * step).abs().max().item()
         margin = objective.largest_margin(theta)
-        if margin > max_margin:
+        if watch_margins and margin > max_margin:
             converged = False
             message = (
                 f"no finite minimizer: after {iteration} Newton steps an implicit reward margin reached "
@@ -172,7 +271,7 @@ def newton_minimize(
             )
             break
         if largest_step <= xtol:
-            grad_norm = gradient.abs().max().item()
+            grad_norm = objective.derivatives(theta)[1].abs().max().item()  # at the new point
             converged = grad_norm <= gtol
             message = f"largest Newton step {largest_step:.1e}, largest gradient entry {grad_norm:.1e}"
             message = f"converged: {message}" if converged else f"stalled: {message} (> gtol {gtol:.0e})"

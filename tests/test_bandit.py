@@ -395,3 +395,18 @@ def test_solve_errors():
     for beta in (0.0, -0.5):
         with pytest.raises(ValueError, match="beta must be > 0"):
             bandit.solve(pi_ref, preferences, beta)
+
+
+@pytest.mark.parametrize(("seed", "beta"), [(28, 10.0), (29, 10.0), (3, 10.0)])
+def test_simpo_from_a_far_start_where_curvature_underflows(seed, beta):
+    """pi_ref with entries near e^-90 puts SimPO's start on the flat logistic tail, where float64 curvature is 0.
+
+    Newton then needs its trust region and damping (dpo_teach.newton); it must still reach a stationary point.
+    """
+    pi_ref, reward = bandit.random_instance(5, 7, seed=seed, concentration=0.3)
+    preferences = bandit.bradley_terry(reward)
+    assert (pi_ref.log().amax(-1) - pi_ref.log().amin(-1)).max() * beta > 40, "the start must be on the flat tail"
+    result = bandit.solve(pi_ref, preferences, beta, loss="simpo", gamma=0.5)
+    assert result.converged, result.message
+    gradient = _gradient(_simpo_population_loss, result.theta, pi_ref, preferences, beta, 0.5)
+    assert gradient.abs().max().item() <= 1e-12
