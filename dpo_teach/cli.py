@@ -4,6 +4,12 @@
 
 prints the exact-optimum checks of the tabular bandit as a table, writes them to
 ``DIR/bandit_checks.csv`` and draws ``DIR/bandit.png``. It exits with status 1 if any check fails.
+
+    dpo-teach sft --config FILE [--key value ...]
+    dpo-teach dpo --config FILE [--key value ...]
+
+train with ``dpo_teach.train`` (run them under ``accelerate launch`` for several processes);
+``--help`` lists every option with its documentation and default.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pathlib import Path
 import torch
 
 from dpo_teach import bandit, plots, verify
+from dpo_teach.train.config import DPOConfig, SFTConfig
+from dpo_teach.train.options import add_config_arguments, config_from_arguments
 
 
 def _bandit(args: argparse.Namespace) -> int:
@@ -52,6 +60,18 @@ def _bandit(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    # imported here so that `dpo-teach bandit` does not pay for importing transformers
+    from dpo_teach.train.dpo import train_dpo
+    from dpo_teach.train.sft import train_sft
+
+    trainer = {"sft": train_sft, "dpo": train_dpo}[args.command]
+    config = config_from_arguments(args.config_class, args)
+    final = trainer(config)
+    print(f"final model: {final}; metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every option documented in ``--help``."""
     parser = argparse.ArgumentParser(prog="dpo-teach", description=__doc__.split("\n\n")[0])
@@ -68,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch CPU threads; the timing target is for one core"
     )
     bandit_parser.set_defaults(handler=_bandit)
+    for name, config_class, summary in (
+        ("sft", SFTConfig, "supervised fine-tuning: the causal-LM loss on completions or whole texts"),
+        ("dpo", DPOConfig, "preference optimization with any loss of dpo_teach.losses (DPO by default)"),
+    ):
+        train_parser = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary}. Options come from a YAML --config file, overridden by --options. "
+            "Run under `accelerate launch` for several processes or GPUs.",
+        )
+        add_config_arguments(train_parser, config_class)
+        train_parser.set_defaults(handler=_train, config_class=config_class)
     return parser
 
 

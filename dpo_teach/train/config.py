@@ -1,0 +1,191 @@
+"""Configs of the trainers: one dataclass per trainer, each field documented, checked in ``__post_init__``.
+
+Defaults that come from a paper quote it. "paper" is the DPO paper (Rafailov et al. 2023, App. B):
+RMSprop, learning rate 1e-6, 150 warmup steps, batch size 64, beta 0.1; the authors' code clips
+gradients at norm 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dpo_teach.losses import PREFERENCE_LOSSES
+
+OPTIMIZERS = ("rmsprop", "adamw")
+DTYPES = ("float32", "bfloat16", "float16")
+TRUNCATION_MODES = ("keep_end", "keep_start")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field}: {message}")
+
+
+@dataclass
+class TrainConfig:
+    """What every trainer shares: the loop, the optimizer, checkpoints and logging."""
+
+    output_dir: str = "runs/train"
+    """Run directory: metrics.jsonl, checkpoints/, and the final model in final/."""
+    model: str = ""
+    """Path or Hub name of the model to train (AutoModelForCausalLM); the Python API also takes a model object."""
+    model_dtype: str = "float32"
+    """dtype the model's weights are loaded in: 'float32', 'bfloat16' or 'float16'."""
+    train_data: str = ""
+    """Training examples: a JSONL file or a directory written by datasets' save_to_disk."""
+    eval_data: str = ""
+    """Held-out examples in the same format; empty turns evaluation off."""
+    skip_invalid: bool = False
+    """Skip (and count) invalid examples instead of stopping at the first one."""
+    max_length: int = 512  # the DPO authors' code
+    """Longest prompt + completion in tokens; longer examples are truncated."""
+    max_prompt_length: int = 256  # the DPO authors' code
+    """Longest prompt in tokens when an example must be truncated."""
+    truncation_mode: str = "keep_end"
+    """Which end of a too-long prompt to keep: 'keep_end' (the words the completion continues) or 'keep_start'."""
+    disable_dropout: bool = True  # the DPO authors' code and TRL
+    """Set every dropout probability to 0, so the policy's log-probs are deterministic functions of its weights."""
+    max_steps: int = 1000
+    """Optimizer steps to take (an epoch ends when the data run out; the next one reshuffles)."""
+    batch_size: int = 64  # paper App. B
+    """Examples per optimizer step, over all processes and accumulation steps."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; each process runs batch_size / (processes * this) examples at once."""
+    learning_rate: float = 1e-6  # paper App. B
+    """Peak learning rate, reached after the warmup and then held."""
+    optimizer: str = "rmsprop"  # paper App. B
+    """'rmsprop' (the paper's) or 'adamw'."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay for AdamW (RMSprop: L2 added to the gradient)."""
+    warmup_steps: int = 150  # paper App. B
+    """Linear warmup from 0 to learning_rate over this many steps."""
+    max_grad_norm: float = 10.0  # the DPO authors' code
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    mixed_precision: str = "no"
+    """'no', 'bf16' or 'fp16' autocast for forward passes; log-probs are always computed in fp32."""
+    seed: int = 0
+    """Seeds the data order (per epoch), dropout and everything else random."""
+    eval_every: int = 100
+    """Evaluate on the held-out examples every this many steps (and at the end); 0 turns it off."""
+    eval_batch_size: int = 16
+    """Examples per evaluation forward pass, per process."""
+    save_every: int = 100
+    """Write a checkpoint every this many steps (and at the end); 0 writes only the end."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep; older ones are deleted once a newer one is complete."""
+    log_with: str = ""
+    """Also send metrics to these accelerate trackers, comma-separated: 'tensorboard', 'wandb'."""
+    resume: bool = True
+    """Continue from the newest complete checkpoint in output_dir if there is one."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar (works in a terminal and in Jupyter)."""
+
+    def __post_init__(self) -> None:
+        _require(self.model_dtype in DTYPES, "model_dtype", f"must be one of {DTYPES}, got {self.model_dtype!r}")
+        _require(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}")
+        _require(
+            0 < self.max_prompt_length < self.max_length,
+            "max_prompt_length",
+            f"must be in (0, max_length={self.max_length}), got {self.max_prompt_length}",
+        )
+        _require(
+            self.truncation_mode in TRUNCATION_MODES,
+            "truncation_mode",
+            f"must be one of {TRUNCATION_MODES}, got {self.truncation_mode!r}",
+        )
+        _require(self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
+        _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _require(
+            self.gradient_accumulation_steps > 0,
+            "gradient_accumulation_steps",
+            f"must be > 0, got {self.gradient_accumulation_steps}",
+        )
+        _require(
+            self.batch_size % self.gradient_accumulation_steps == 0,
+            "batch_size",
+            f"{self.batch_size} is not divisible by gradient_accumulation_steps={self.gradient_accumulation_steps}",
+        )
+        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        _require(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}",
+        )
+        for name in ("eval_every", "save_every"):
+            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.eval_batch_size > 0, "eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        _require(self.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
+
+    @property
+    def trackers(self) -> list[str]:
+        return [name.strip() for name in self.log_with.split(",") if name.strip()]
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO and its variants: any loss of ``dpo_teach.losses`` by name."""
+
+    beta: float = 0.1  # paper App. B
+    """KL strength beta of the loss (DPO Eq. 7)."""
+    loss: str = "dpo"
+    """One of dpo_teach.losses.PREFERENCE_LOSSES: dpo, ipo, hinge, robust, simpo."""
+    label_smoothing: float = 0.0
+    """eps of cDPO (loss='dpo') or rDPO (loss='robust'); 0 is plain DPO."""
+    simpo_gamma: float = 0.5
+    """SimPO's target margin gamma (loss='simpo' only)."""
+    average_logps: bool = False
+    """Use per-token mean instead of summed completion log-probs (SimPO's choice; TRL's for IPO)."""
+    nll_weight: float = 0.0
+    """Add nll_weight * (per-token NLL of the chosen completion), RPO's term; 0 turns it off."""
+    precompute_ref: bool = True
+    """Compute the reference log-probs in one pass before training and cache them on disk, so no reference
+    model is in memory while training. False runs a frozen reference copy next to the policy (online)."""
+    reference: str = ""
+    """Path or Hub name of the reference model; empty means the initial policy is the reference (as in the paper,
+    where both start from the SFT model)."""
+    reference_dtype: str = ""
+    """dtype of the reference's weights; empty means the policy's (a lower-precision reference makes the rewards
+    non-zero at step 0)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        _require(
+            self.loss in PREFERENCE_LOSSES, "loss", f"must be one of {sorted(PREFERENCE_LOSSES)}, got {self.loss!r}"
+        )
+        _require(0 <= self.label_smoothing < 0.5, "label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        _require(self.nll_weight >= 0, "nll_weight", f"must be >= 0, got {self.nll_weight}")
+        _require(
+            self.reference_dtype in ("", *DTYPES),
+            "reference_dtype",
+            f"must be empty or one of {DTYPES}, got {self.reference_dtype!r}",
+        )
+
+    def loss_kwargs(self) -> dict:
+        """Keyword arguments of the chosen loss function beyond the four log-probs and beta."""
+        if self.loss in ("dpo", "robust"):
+            return {"label_smoothing": self.label_smoothing}
+        if self.loss == "simpo":
+            return {"gamma": self.simpo_gamma}
+        return {}
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning (causal-LM loss), for pretraining the tiny model, SFT and Preferred-FT."""
+
+    learning_rate: float = 1e-4
+    """Peak learning rate (a small model from scratch wants far more than DPO's 1e-6)."""
+    optimizer: str = "adamw"
+    """'adamw' or 'rmsprop'."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm; 0 turns clipping off."""
+    completion_only: bool = True
+    """Score only completion tokens (prompt masked); False scores whole texts."""

@@ -1,0 +1,221 @@
+"""The DPO trainer: any loss of ``dpo_teach.losses`` on preference pairs, on the shared loop.
+
+One optimizer step, for a micro-batch of B pairs (notebook 6 walks through it):
+
+1. one forward pass of the policy over the 2B concatenated sequences gives
+   log pi_theta(y_w | x) and log pi_theta(y_l | x), each ``(B,)`` (``dpo_teach.logprobs``);
+2. the reference's log-probs come from the batch (precomputed, the default) or from a frozen
+   reference model (online);
+3. the loss function of the config (DPO Eq. 7 by default) turns the four ``(B,)`` tensors into
+   per-pair losses and implicit rewards r_hat = beta * (log pi_theta - log pi_ref) (DPO Eq. 5);
+4. the loop sums the losses, scales them by the number of pairs in the whole step and updates.
+
+Metrics (docs/metrics.md): ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+``rewards/accuracies`` (ties count 1/2), ``logps/chosen``, ``logps/rejected``, and ``nll`` when the
+NLL term is on; the same, with an ``eval/`` prefix, on the held-out pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from dpo_teach.data import collate_preference, load_examples, tokenize_preference
+from dpo_teach.logprobs import concatenated_logps
+from dpo_teach.losses import get_loss, nll_loss
+from dpo_teach.train.config import DPOConfig
+from dpo_teach.train.loop import StepOutput, make_accelerator, train_loop
+from dpo_teach.train.models import DTYPES, disable_dropout, load_causal_lm, load_tokenizer
+from dpo_teach.train.reference import reference_logps
+from dpo_teach.train.sharded import map_examples
+
+Batch = dict[str, torch.Tensor]
+METRIC_NAMES = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def collate_pairs(examples: list[dict], pad_token_id: int) -> Batch:
+    """``dpo_teach.data.collate_preference`` plus the precomputed reference log-probs ``(B,)`` when present."""
+    batch = collate_preference(examples, pad_token_id)
+    if "ref_chosen_logps" in examples[0]:
+        batch["ref_chosen_logps"] = torch.tensor([example["ref_chosen_logps"] for example in examples])
+        batch["ref_rejected_logps"] = torch.tensor([example["ref_rejected_logps"] for example in examples])
+    return batch
+
+
+class DPOObjective:
+    """The preference loss of one micro-batch of pairs; ``num_items`` counts pairs."""
+
+    def __init__(self, config: DPOConfig, accelerator: Accelerator, reference: torch.nn.Module | None) -> None:
+        self.config = config
+        self.accelerator = accelerator
+        self.loss_function = get_loss(config.loss)
+        self.reference = reference  # None: the batches carry precomputed reference log-probs
+
+    def num_items(self, batch: Batch) -> int:
+        return batch["input_ids"].shape[0] // 2
+
+    def metric_names(self) -> list[str]:
+        """``loss`` and the per-pair metrics of :meth:`per_pair`, in its order."""
+        return [*METRIC_NAMES, *(["nll"] if self.config.nll_weight > 0 else [])]
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi_ref(y_w | x), log pi_ref(y_l | x), each ``(B,)``: from the batch, or the online reference."""
+        if "ref_chosen_logps" in batch:
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        if self.reference is None:
+            raise ValueError("the batch has no precomputed reference log-probs and there is no reference model")
+        with self.accelerator.autocast():
+            logps = concatenated_logps(self.reference, batch, average=self.config.average_logps)
+        return logps.chosen, logps.rejected
+
+    def per_pair(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-pair losses ``(B,)`` (attached to the graph) and detached per-pair metrics, each ``(B,)``."""
+        policy = concatenated_logps(model, batch, average=self.config.average_logps)  # one forward over 2B rows
+        ref_chosen_logps, ref_rejected_logps = self.reference_logps(batch)
+        losses, chosen_rewards, rejected_rewards = self.loss_function(
+            policy.chosen,
+            policy.rejected,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            beta=self.config.beta,
+            **self.config.loss_kwargs(),
+        )
+        metrics = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            # a tie counts 1/2, so a policy equal to its reference scores 0.5, not 0
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float()
+            + 0.5 * (chosen_rewards == rejected_rewards).float(),
+            "logps/chosen": policy.chosen.detach(),
+            "logps/rejected": policy.rejected.detach(),
+        }
+        if self.config.nll_weight > 0:
+            # RPO's term: per-token NLL of the chosen completion, from the same forward pass
+            nll = nll_loss(policy.chosen, None if self.config.average_logps else policy.chosen_tokens)
+            metrics["nll"] = nll.detach()
+            losses = losses + self.config.nll_weight * nll
+        return losses, metrics
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> StepOutput:
+        losses, metrics = self.per_pair(model, batch)
+        return StepOutput(loss_sum=losses.sum(), metrics=metrics)
+
+
+def evaluate_pairs(
+    model: torch.nn.Module,
+    objective: DPOObjective,
+    examples: Sequence[dict],
+    collate,
+    batch_size: int,
+) -> dict[str, float]:
+    """Mean of every per-pair metric (and the loss) over the held-out pairs, the policy in eval mode."""
+    model.eval()
+
+    def metrics_of(batch: Batch) -> torch.Tensor:
+        losses, metrics = objective.per_pair(model, batch)
+        return torch.stack([losses.detach(), *metrics.values()], dim=1)  # (b, 1 + metrics)
+
+    accelerator, progress_bar = objective.accelerator, objective.config.progress_bar
+    table = map_examples(accelerator, examples, collate, batch_size, metrics_of, "evaluating", progress_bar)
+    return dict(zip(objective.metric_names(), table.mean(dim=0).tolist(), strict=True))
+
+
+def _tokenized(config: DPOConfig, source, tokenizer, what: str) -> list[dict]:
+    """Validated, tokenized pairs of ``source`` (a list, a ``datasets.Dataset``, or a path); [] when none given."""
+    if source is None or (isinstance(source, str) and not source):
+        return []
+    examples, skipped = load_examples(
+        source, "preference", skip_invalid=config.skip_invalid, max_length=config.max_length, tokenizer=tokenizer
+    )
+    if skipped:
+        print(f"{what}: skipped {skipped} invalid example(s)")
+    return [
+        tokenize_preference(example, tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode)
+        for example in examples
+    ]
+
+
+def _reference_model(config: DPOConfig, policy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The reference: the initial policy itself (precompute), a frozen copy of it (online), or a loaded model."""
+    if config.reference:
+        reference = load_causal_lm(config.reference, config.reference_dtype or config.model_dtype)
+    elif config.precompute_ref and not config.reference_dtype:
+        return policy  # its log-probs are taken before the first update: no second model
+    else:
+        reference = copy.deepcopy(policy)
+        if config.reference_dtype:
+            reference.to(DTYPES[config.reference_dtype])
+    reference.requires_grad_(False)
+    return reference.eval().to(device)
+
+
+def train_dpo(
+    config: DPOConfig,
+    model: torch.nn.Module | None = None,
+    tokenizer=None,
+    train_examples=None,
+    eval_examples=None,
+    accelerator: Accelerator | None = None,
+) -> Path:
+    """Train a policy with the preference loss of ``config``; returns the directory of the final model.
+
+    ``model``, ``tokenizer`` and the examples default to ``config.model`` and ``config.train_data`` /
+    ``config.eval_data``; examples are a list of dicts, a ``datasets.Dataset``, or a JSONL path.
+    """
+    accelerator = accelerator or make_accelerator(config)
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    model = model or load_causal_lm(config.model, config.model_dtype)
+    if config.disable_dropout:
+        disable_dropout(model)
+    model.to(accelerator.device)
+    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer, "train")
+    if not train:
+        raise ValueError("train_data: no training pairs; give a JSONL file or a save_to_disk directory")
+    held_out = _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer, "eval")
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
+
+    reference = _reference_model(config, model, accelerator.device)
+    if config.precompute_ref:
+        cache_dir = Path(config.output_dir) / "reference"
+        for examples, what in ((train, "train"), (held_out, "eval")):
+            if not examples:
+                continue
+            logps = reference_logps(
+                accelerator,
+                reference,
+                examples,
+                collate,
+                config.eval_batch_size,
+                config.average_logps,
+                cache_dir,
+                f"reference log-probs ({what})",
+            )  # (N, 2)
+            for example, (chosen, rejected) in zip(examples, logps.tolist(), strict=True):
+                example["ref_chosen_logps"], example["ref_rejected_logps"] = chosen, rejected
+        reference = None  # freed before training: precompute keeps no reference in memory
+        gc.collect()
+    objective = DPOObjective(config, accelerator, reference)
+    evaluate = (
+        partial(
+            evaluate_pairs, objective=objective, examples=held_out, collate=collate, batch_size=config.eval_batch_size
+        )
+        if held_out
+        else None
+    )
+    return train_loop(accelerator, model, tokenizer, objective, train, collate, config, evaluate)

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny tokenizer trained here (no download) and a few preference pairs."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+def _sentences() -> list[str]:
+    """A few hundred short, deterministic movie-review sentences."""
+    subjects = ["the movie", "this film", "the plot", "the acting", "the ending", "the music"]
+    verbs = ["was", "felt", "seemed", "is"]
+    adjectives = ["great", "boring", "wonderful", "dull", "moving", "awful", "funny", "slow", "brilliant", "weak"]
+    endings = [".", "!", " and I loved it.", " and I hated it."]
+    return [
+        f"{subject.capitalize()} {verb} {adjective}{ending}"
+        for subject, verb, adjective, ending in itertools.product(subjects, verbs, adjectives, endings)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab 400) trained on synthetic sentences, GPT-2 style: pad == eos == bos.
+
+    Any text can be encoded (byte-level alphabet); ``len(tokenizer)`` is the vocabulary size a
+    tiny model needs. No special tokens are added by ``add_special_tokens=True``, as with GPT-2.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_sentences(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
+    )
+
+
+@pytest.fixture
+def tiny_pairs() -> list[dict]:
+    """40 preference examples (prompt, chosen, rejected), the same every call: positive is chosen."""
+    rng = random.Random(0)
+    prompts = ["The movie", "This film", "The plot", "The acting", "Honestly, the ending"]
+    positive = ["great", "wonderful", "moving", "funny", "brilliant"]
+    negative = ["boring", "dull", "awful", "slow", "weak"]
+    pairs = []
+    for index in range(40):
+        prompt = prompts[index % len(prompts)]
+        chosen = f" was {rng.choice(positive)}" + rng.choice([".", " and I loved it."])
+        rejected = f" was {rng.choice(negative)}" + rng.choice([".", " and I hated it."])
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pairs

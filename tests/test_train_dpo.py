@@ -1,0 +1,198 @@
+"""The DPO trainer on a tiny GPT-2: accumulation, reference modes, step-0 rewards, learning, pitfalls."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from dpo_teach.train import dpo as dpo_module
+from dpo_teach.train.config import DPOConfig
+from dpo_teach.train.dpo import train_dpo
+
+
+def tiny_gpt2(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
+    """A 2-layer, 32-wide GPT-2 with random weights (dropout on, so disable_dropout is exercised)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def dpo_config(output_dir, **overrides) -> DPOConfig:
+    """A few quick AdamW steps; evaluation and checkpoints every 2 steps."""
+    values = dict(
+        output_dir=str(output_dir), max_steps=4, batch_size=8, learning_rate=1e-3, optimizer="adamw",
+        warmup_steps=1, eval_every=2, save_every=2, eval_batch_size=8, max_length=32, max_prompt_length=16,
+        progress_bar=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return DPOConfig(**values)
+
+
+def read_metrics(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_records(output_dir) -> list[dict]:
+    return [record for record in read_metrics(output_dir) if "loss" in record]
+
+
+def final_weights(output_dir) -> dict[str, torch.Tensor]:
+    return GPT2LMHeadModel.from_pretrained(output_dir / "final").state_dict()
+
+
+def max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> float:
+    assert first.keys() == second.keys()
+    return max((first[name] - second[name]).abs().max().item() for name in first)
+
+
+def run(tmp_path, name, tokenizer, pairs, eval_pairs=None, **overrides) -> dict:
+    output_dir = tmp_path / name
+    train_dpo(dpo_config(output_dir, **overrides), tiny_gpt2(tokenizer), tokenizer, pairs, eval_pairs)
+    return final_weights(output_dir)
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path, tiny_tokenizer, tiny_pairs):
+    """8 pairs in one micro-batch or in 4 micro-batches of 2: the same gradient and the same update.
+
+    AdamW does not see a constant factor on the loss, so the gradient's norm (logged before clipping)
+    is what shows a scaling error (x4 or x1/4 here); the weights then agree up to float32 summation
+    order, which Adam's g / sqrt(v) amplifies to about 1e-6 after 4 steps at lr 1e-3.
+    """
+    one_batch = run(tmp_path, "one", tiny_tokenizer, tiny_pairs)
+    accumulated = run(tmp_path, "accumulated", tiny_tokenizer, tiny_pairs, gradient_accumulation_steps=4)
+    for first, second in zip(train_records(tmp_path / "one"), train_records(tmp_path / "accumulated"), strict=True):
+        assert first["grad_norm"] == pytest.approx(second["grad_norm"], rel=1e-5)
+        assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
+    assert max_difference(one_batch, accumulated) <= 1e-5
+    assert max_difference(one_batch, tiny_gpt2(tiny_tokenizer).state_dict()) > 1e-4  # it did train
+
+
+def test_precomputed_and_online_reference_give_the_same_loss_curve(tmp_path, tiny_tokenizer, tiny_pairs):
+    eval_pairs = tiny_pairs[:8]
+    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=True)
+    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=False)
+    precomputed, online = read_metrics(tmp_path / "precomputed"), read_metrics(tmp_path / "online")
+    assert [record.keys() for record in precomputed] == [record.keys() for record in online]
+    for first, second in zip(precomputed, online, strict=True):
+        for name in first:
+            if name not in ("tokens_per_second", "step_seconds", "lr", "step"):
+                # the reference's log-probs are taken in batches of different padded lengths: float32 rounding
+                assert first[name] == pytest.approx(second[name], rel=1e-5, abs=1e-5), name
+    assert (tmp_path / "precomputed" / "reference").is_dir()
+    assert not (tmp_path / "online" / "reference").exists()
+
+
+def test_rewards_are_exactly_zero_at_step_zero(tmp_path, tiny_tokenizer, tiny_pairs):
+    """Policy and reference are the same weights in the same precision, eval mode, no dropout: r_hat = 0, loss ln 2."""
+    eval_pairs = tiny_pairs[:8]
+    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=False, max_steps=1)
+    first_step = train_records(tmp_path / "online")[0]
+    assert first_step["rewards/chosen"] == 0.0 and first_step["rewards/rejected"] == 0.0
+    assert first_step["rewards/accuracies"] == 0.5  # every pair a tie, counted 1/2
+    assert first_step["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=True, max_steps=1)
+    step_zero_eval = read_metrics(tmp_path / "precomputed")[0]
+    assert step_zero_eval["step"] == 0
+    assert step_zero_eval["eval/rewards/margins"] == 0.0  # same batches as the precompute: bit for bit
+    assert step_zero_eval["eval/loss"] == pytest.approx(math.log(2), abs=1e-7)
+
+
+def test_a_lower_precision_reference_is_the_pitfall_it_is_said_to_be(tmp_path, tiny_tokenizer, tiny_pairs):
+    """A bfloat16 reference next to a float32 policy gives non-zero rewards before any update."""
+    run(tmp_path, "bf16", tiny_tokenizer, tiny_pairs, precompute_ref=False, reference_dtype="bfloat16", max_steps=1)
+    first_step = train_records(tmp_path / "bf16")[0]
+    # small here (a random tiny model's logits are near 0, where bfloat16 is fine-grained), but not 0
+    assert first_step["rewards/chosen"] != 0.0 and first_step["rewards/rejected"] != 0.0
+
+
+def test_dropout_is_disabled_so_the_policy_matches_its_reference(tmp_path, tiny_tokenizer, tiny_pairs):
+    run(tmp_path, "dropout", tiny_tokenizer, tiny_pairs, precompute_ref=False, disable_dropout=False, max_steps=1)
+    assert train_records(tmp_path / "dropout")[0]["rewards/chosen"] != 0.0
+
+
+def test_dpo_learns_the_preferences(tmp_path, tiny_tokenizer, tiny_pairs):
+    """On held-out pairs of the same kind, margins and accuracy rise and chosen beats rejected."""
+    run(tmp_path, "learn", tiny_tokenizer, tiny_pairs[8:], tiny_pairs[:8], max_steps=20, eval_every=20, beta=0.5)
+    evaluations = [record for record in read_metrics(tmp_path / "learn") if "eval/loss" in record]
+    before, after = evaluations[0], evaluations[-1]
+    assert after["eval/rewards/margins"] > before["eval/rewards/margins"] + 1.0
+    assert after["eval/rewards/accuracies"] >= 0.9
+    assert after["eval/loss"] < before["eval/loss"] - 0.2
+    assert 0.0 <= min(record["rewards/accuracies"] for record in train_records(tmp_path / "learn"))
+    assert max(record["rewards/accuracies"] for record in train_records(tmp_path / "learn")) <= 1.0
+
+
+@pytest.mark.parametrize("loss", ["ipo", "hinge", "robust", "simpo"])
+def test_every_loss_of_the_family_trains(tmp_path, tiny_tokenizer, tiny_pairs, loss):
+    overrides = {"robust": {"label_smoothing": 0.1}, "simpo": {"average_logps": True}}.get(loss, {})
+    weights = run(tmp_path, loss, tiny_tokenizer, tiny_pairs, loss=loss, max_steps=2, **overrides)
+    assert max_difference(weights, tiny_gpt2(tiny_tokenizer).state_dict()) > 1e-4
+    assert all(math.isfinite(record["loss"]) for record in train_records(tmp_path / loss))
+
+
+def test_the_nll_term_is_logged_and_added(tmp_path, tiny_tokenizer, tiny_pairs):
+    run(tmp_path, "rpo", tiny_tokenizer, tiny_pairs, nll_weight=1.0, max_steps=1, precompute_ref=False)
+    first_step = train_records(tmp_path / "rpo")[0]
+    # at step 0 the DPO part is ln 2 for every pair, so loss = ln 2 + mean per-token NLL of the chosen completions
+    assert first_step["loss"] == pytest.approx(math.log(2) + first_step["nll"], rel=1e-6)
+
+
+def test_precompute_keeps_no_reference_model(tmp_path, tiny_tokenizer, tiny_pairs, monkeypatch):
+    """The pitfall: a precomputed reference that is still loaded. Here the initial policy itself gives the
+    reference log-probs (no copy, no load), and the objective that trains holds no reference model."""
+    references, objective_references = [], []
+    original_reference_model, original_init = dpo_module._reference_model, dpo_module.DPOObjective.__init__
+
+    def spy_reference_model(config, policy, device):
+        reference = original_reference_model(config, policy, device)
+        references.append(reference is policy)
+        return reference
+
+    def spy_init(self, config, accelerator, reference):
+        objective_references.append(reference)
+        original_init(self, config, accelerator, reference)
+
+    monkeypatch.setattr(dpo_module, "_reference_model", spy_reference_model)
+    monkeypatch.setattr(dpo_module, "load_causal_lm", lambda *_: pytest.fail("precompute loaded a model"))
+    monkeypatch.setattr(dpo_module.DPOObjective, "__init__", spy_init)
+    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, max_steps=1)
+    assert references == [True]
+    assert objective_references == [None]
+
+
+def test_a_separate_reference_model_is_loaded_used_and_freed(tmp_path, tiny_tokenizer, tiny_pairs):
+    """reference=PATH: precompute with it, then train without it; online with it gives the same curve."""
+    reference_dir = tmp_path / "reference_model"
+    tiny_gpt2(tiny_tokenizer, seed=1).save_pretrained(reference_dir)
+    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, reference=str(reference_dir), max_steps=2)
+    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, reference=str(reference_dir), max_steps=2, precompute_ref=False)
+    precomputed, online = train_records(tmp_path / "precomputed"), train_records(tmp_path / "online")
+    assert precomputed[0]["rewards/chosen"] != 0.0  # a different model than the policy
+    for first, second in zip(precomputed, online, strict=True):
+        assert first["loss"] == pytest.approx(second["loss"], rel=1e-5)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tiny_tokenizer, tiny_pairs, monkeypatch):
+    calls = {"count": 0}
+    original = dpo_module.DPOObjective.per_pair
+
+    def poisoned(self, model, batch):
+        losses, metrics = original(self, model, batch)
+        calls["count"] += 1
+        return (losses * float("nan") if calls["count"] == 3 else losses), metrics
+
+    monkeypatch.setattr(dpo_module.DPOObjective, "per_pair", poisoned)
+    output_dir = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*Last good checkpoint: .*step-00000002"):
+        train_dpo(dpo_config(output_dir, save_every=2, eval_every=0), tiny_gpt2(tiny_tokenizer), tiny_tokenizer,
+                  tiny_pairs)  # fmt: skip
+    checkpoints = sorted(path.name for path in (output_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002"]
+    assert GPT2LMHeadModel.from_pretrained(output_dir / "checkpoints" / "step-00000002" / "policy") is not None
