@@ -62,13 +62,16 @@ def _bandit(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     # imported here so that `dpo-teach bandit` does not pay for importing transformers
+    from accelerate import PartialState
+
     from dpo_teach.train.dpo import train_dpo
     from dpo_teach.train.sft import train_sft
 
     trainer = {"sft": train_sft, "dpo": train_dpo}[args.command]
     config = config_from_arguments(args.config_class, args)
     final = trainer(config)
-    print(f"final model: {final}; metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
+    if PartialState().is_main_process:
+        print(f"final model: {final}; metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
     return 0
 
 

@@ -61,3 +61,43 @@ def tiny_pairs() -> list[dict]:
         rejected = f" was {rng.choice(negative)}" + rng.choice([".", " and I hated it."])
         pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return pairs
+
+
+@pytest.fixture(scope="session")
+def make_tiny_gpt2(tiny_tokenizer):
+    """``make_tiny_gpt2(seed=0)``: a 2-layer, 32-wide GPT-2 with random weights and dropout 0.1 (the trainers
+    turn dropout off; tests that it matters can keep it)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make(seed: int = 0) -> GPT2LMHeadModel:
+        torch.manual_seed(seed)
+        config = GPT2Config(
+            vocab_size=len(tiny_tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=tiny_tokenizer.eos_token_id,
+            eos_token_id=tiny_tokenizer.eos_token_id,
+        )
+        return GPT2LMHeadModel(config)
+
+    return make
+
+
+@pytest.fixture
+def saved_run_inputs(tmp_path, tiny_tokenizer, make_tiny_gpt2, tiny_pairs):
+    """A tiny model + tokenizer saved with save_pretrained and train/eval pairs as JSONL, as the CLI reads them.
+
+    Returns a dict of config fields: ``model``, ``train_data``, ``eval_data``.
+    """
+    import json
+
+    model_dir = tmp_path / "inputs" / "model"
+    make_tiny_gpt2().save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    train_path, eval_path = tmp_path / "inputs" / "train.jsonl", tmp_path / "inputs" / "eval.jsonl"
+    train_path.write_text("".join(json.dumps(pair) + "\n" for pair in tiny_pairs[8:]))
+    eval_path.write_text("".join(json.dumps(pair) + "\n" for pair in tiny_pairs[:8]))
+    return {"model": str(model_dir), "train_data": str(train_path), "eval_data": str(eval_path)}

@@ -7,21 +7,11 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from dpo_teach.train import dpo as dpo_module
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.dpo import train_dpo
-
-
-def tiny_gpt2(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
-    """A 2-layer, 32-wide GPT-2 with random weights (dropout on, so disable_dropout is exercised)."""
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    return GPT2LMHeadModel(config)
 
 
 def dpo_config(output_dir, **overrides) -> DPOConfig:
@@ -52,32 +42,38 @@ def max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tenso
     return max((first[name] - second[name]).abs().max().item() for name in first)
 
 
-def run(tmp_path, name, tokenizer, pairs, eval_pairs=None, **overrides) -> dict:
-    output_dir = tmp_path / name
-    train_dpo(dpo_config(output_dir, **overrides), tiny_gpt2(tokenizer), tokenizer, pairs, eval_pairs)
-    return final_weights(output_dir)
+@pytest.fixture
+def run(tmp_path, tiny_tokenizer, make_tiny_gpt2):
+    """``run(name, pairs, eval_pairs=None, **config)``: train the tiny GPT-2 in ``tmp_path / name``; final weights."""
+
+    def train(name, pairs, eval_pairs=None, **overrides) -> dict:
+        output_dir = tmp_path / name
+        train_dpo(dpo_config(output_dir, **overrides), make_tiny_gpt2(), tiny_tokenizer, pairs, eval_pairs)
+        return final_weights(output_dir)
+
+    return train
 
 
-def test_gradient_accumulation_equals_the_large_batch(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_gradient_accumulation_equals_the_large_batch(tmp_path, tiny_pairs, run, make_tiny_gpt2):
     """8 pairs in one micro-batch or in 4 micro-batches of 2: the same gradient and the same update.
 
     AdamW does not see a constant factor on the loss, so the gradient's norm (logged before clipping)
     is what shows a scaling error (x4 or x1/4 here); the weights then agree up to float32 summation
     order, which Adam's g / sqrt(v) amplifies to about 1e-6 after 4 steps at lr 1e-3.
     """
-    one_batch = run(tmp_path, "one", tiny_tokenizer, tiny_pairs)
-    accumulated = run(tmp_path, "accumulated", tiny_tokenizer, tiny_pairs, gradient_accumulation_steps=4)
+    one_batch = run("one", tiny_pairs)
+    accumulated = run("accumulated", tiny_pairs, gradient_accumulation_steps=4)
     for first, second in zip(train_records(tmp_path / "one"), train_records(tmp_path / "accumulated"), strict=True):
         assert first["grad_norm"] == pytest.approx(second["grad_norm"], rel=1e-5)
         assert first["loss"] == pytest.approx(second["loss"], rel=1e-6)
     assert max_difference(one_batch, accumulated) <= 1e-5
-    assert max_difference(one_batch, tiny_gpt2(tiny_tokenizer).state_dict()) > 1e-4  # it did train
+    assert max_difference(one_batch, make_tiny_gpt2().state_dict()) > 1e-4  # it did train
 
 
-def test_precomputed_and_online_reference_give_the_same_loss_curve(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_precomputed_and_online_reference_give_the_same_loss_curve(tmp_path, tiny_pairs, run):
     eval_pairs = tiny_pairs[:8]
-    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=True)
-    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=False)
+    run("precomputed", tiny_pairs, eval_pairs, precompute_ref=True)
+    run("online", tiny_pairs, eval_pairs, precompute_ref=False)
     precomputed, online = read_metrics(tmp_path / "precomputed"), read_metrics(tmp_path / "online")
     assert [record.keys() for record in precomputed] == [record.keys() for record in online]
     for first, second in zip(precomputed, online, strict=True):
@@ -89,37 +85,37 @@ def test_precomputed_and_online_reference_give_the_same_loss_curve(tmp_path, tin
     assert not (tmp_path / "online" / "reference").exists()
 
 
-def test_rewards_are_exactly_zero_at_step_zero(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_rewards_are_exactly_zero_at_step_zero(tmp_path, tiny_pairs, run):
     """Policy and reference are the same weights in the same precision, eval mode, no dropout: r_hat = 0, loss ln 2."""
     eval_pairs = tiny_pairs[:8]
-    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=False, max_steps=1)
+    run("online", tiny_pairs, eval_pairs, precompute_ref=False, max_steps=1)
     first_step = train_records(tmp_path / "online")[0]
     assert first_step["rewards/chosen"] == 0.0 and first_step["rewards/rejected"] == 0.0
     assert first_step["rewards/accuracies"] == 0.5  # every pair a tie, counted 1/2
     assert first_step["loss"] == pytest.approx(math.log(2), abs=1e-7)
-    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, eval_pairs, precompute_ref=True, max_steps=1)
+    run("precomputed", tiny_pairs, eval_pairs, precompute_ref=True, max_steps=1)
     step_zero_eval = read_metrics(tmp_path / "precomputed")[0]
     assert step_zero_eval["step"] == 0
     assert step_zero_eval["eval/rewards/margins"] == 0.0  # same batches as the precompute: bit for bit
     assert step_zero_eval["eval/loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
-def test_a_lower_precision_reference_is_the_pitfall_it_is_said_to_be(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_a_lower_precision_reference_is_the_pitfall_it_is_said_to_be(tmp_path, tiny_pairs, run):
     """A bfloat16 reference next to a float32 policy gives non-zero rewards before any update."""
-    run(tmp_path, "bf16", tiny_tokenizer, tiny_pairs, precompute_ref=False, reference_dtype="bfloat16", max_steps=1)
+    run("bf16", tiny_pairs, precompute_ref=False, reference_dtype="bfloat16", max_steps=1)
     first_step = train_records(tmp_path / "bf16")[0]
     # small here (a random tiny model's logits are near 0, where bfloat16 is fine-grained), but not 0
     assert first_step["rewards/chosen"] != 0.0 and first_step["rewards/rejected"] != 0.0
 
 
-def test_dropout_is_disabled_so_the_policy_matches_its_reference(tmp_path, tiny_tokenizer, tiny_pairs):
-    run(tmp_path, "dropout", tiny_tokenizer, tiny_pairs, precompute_ref=False, disable_dropout=False, max_steps=1)
+def test_dropout_is_disabled_so_the_policy_matches_its_reference(tmp_path, tiny_pairs, run):
+    run("dropout", tiny_pairs, precompute_ref=False, disable_dropout=False, max_steps=1)
     assert train_records(tmp_path / "dropout")[0]["rewards/chosen"] != 0.0
 
 
-def test_dpo_learns_the_preferences(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_dpo_learns_the_preferences(tmp_path, tiny_pairs, run):
     """On held-out pairs of the same kind, margins and accuracy rise and chosen beats rejected."""
-    run(tmp_path, "learn", tiny_tokenizer, tiny_pairs[8:], tiny_pairs[:8], max_steps=20, eval_every=20, beta=0.5)
+    run("learn", tiny_pairs[8:], tiny_pairs[:8], max_steps=20, eval_every=20, beta=0.5)
     evaluations = [record for record in read_metrics(tmp_path / "learn") if "eval/loss" in record]
     before, after = evaluations[0], evaluations[-1]
     assert after["eval/rewards/margins"] > before["eval/rewards/margins"] + 1.0
@@ -130,21 +126,21 @@ def test_dpo_learns_the_preferences(tmp_path, tiny_tokenizer, tiny_pairs):
 
 
 @pytest.mark.parametrize("loss", ["ipo", "hinge", "robust", "simpo"])
-def test_every_loss_of_the_family_trains(tmp_path, tiny_tokenizer, tiny_pairs, loss):
+def test_every_loss_of_the_family_trains(tmp_path, tiny_pairs, loss, run, make_tiny_gpt2):
     overrides = {"robust": {"label_smoothing": 0.1}, "simpo": {"average_logps": True}}.get(loss, {})
-    weights = run(tmp_path, loss, tiny_tokenizer, tiny_pairs, loss=loss, max_steps=2, **overrides)
-    assert max_difference(weights, tiny_gpt2(tiny_tokenizer).state_dict()) > 1e-4
+    weights = run(loss, tiny_pairs, loss=loss, max_steps=2, **overrides)
+    assert max_difference(weights, make_tiny_gpt2().state_dict()) > 1e-4
     assert all(math.isfinite(record["loss"]) for record in train_records(tmp_path / loss))
 
 
-def test_the_nll_term_is_logged_and_added(tmp_path, tiny_tokenizer, tiny_pairs):
-    run(tmp_path, "rpo", tiny_tokenizer, tiny_pairs, nll_weight=1.0, max_steps=1, precompute_ref=False)
+def test_the_nll_term_is_logged_and_added(tmp_path, tiny_pairs, run):
+    run("rpo", tiny_pairs, nll_weight=1.0, max_steps=1, precompute_ref=False)
     first_step = train_records(tmp_path / "rpo")[0]
     # at step 0 the DPO part is ln 2 for every pair, so loss = ln 2 + mean per-token NLL of the chosen completions
     assert first_step["loss"] == pytest.approx(math.log(2) + first_step["nll"], rel=1e-6)
 
 
-def test_precompute_keeps_no_reference_model(tmp_path, tiny_tokenizer, tiny_pairs, monkeypatch):
+def test_precompute_keeps_no_reference_model(tiny_pairs, monkeypatch, run):
     """The pitfall: a precomputed reference that is still loaded. Here the initial policy itself gives the
     reference log-probs (no copy, no load), and the objective that trains holds no reference model."""
     references, objective_references = [], []
@@ -162,24 +158,26 @@ def test_precompute_keeps_no_reference_model(tmp_path, tiny_tokenizer, tiny_pair
     monkeypatch.setattr(dpo_module, "_reference_model", spy_reference_model)
     monkeypatch.setattr(dpo_module, "load_causal_lm", lambda *_: pytest.fail("precompute loaded a model"))
     monkeypatch.setattr(dpo_module.DPOObjective, "__init__", spy_init)
-    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, max_steps=1)
+    run("precomputed", tiny_pairs, max_steps=1)
     assert references == [True]
     assert objective_references == [None]
 
 
-def test_a_separate_reference_model_is_loaded_used_and_freed(tmp_path, tiny_tokenizer, tiny_pairs):
+def test_a_separate_reference_model_is_loaded_used_and_freed(tmp_path, tiny_pairs, run, make_tiny_gpt2):
     """reference=PATH: precompute with it, then train without it; online with it gives the same curve."""
     reference_dir = tmp_path / "reference_model"
-    tiny_gpt2(tiny_tokenizer, seed=1).save_pretrained(reference_dir)
-    run(tmp_path, "precomputed", tiny_tokenizer, tiny_pairs, reference=str(reference_dir), max_steps=2)
-    run(tmp_path, "online", tiny_tokenizer, tiny_pairs, reference=str(reference_dir), max_steps=2, precompute_ref=False)
+    make_tiny_gpt2(seed=1).save_pretrained(reference_dir)
+    run("precomputed", tiny_pairs, reference=str(reference_dir), max_steps=2)
+    run("online", tiny_pairs, reference=str(reference_dir), max_steps=2, precompute_ref=False)
     precomputed, online = train_records(tmp_path / "precomputed"), train_records(tmp_path / "online")
     assert precomputed[0]["rewards/chosen"] != 0.0  # a different model than the policy
     for first, second in zip(precomputed, online, strict=True):
         assert first["loss"] == pytest.approx(second["loss"], rel=1e-5)
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tiny_tokenizer, tiny_pairs, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_naming_the_step(
+    tmp_path, tiny_pairs, monkeypatch, make_tiny_gpt2, tiny_tokenizer
+):
     calls = {"count": 0}
     original = dpo_module.DPOObjective.per_pair
 
@@ -191,7 +189,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tiny_tokenize
     monkeypatch.setattr(dpo_module.DPOObjective, "per_pair", poisoned)
     output_dir = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 3.*Last good checkpoint: .*step-00000002"):
-        train_dpo(dpo_config(output_dir, save_every=2, eval_every=0), tiny_gpt2(tiny_tokenizer), tiny_tokenizer,
+        train_dpo(dpo_config(output_dir, save_every=2, eval_every=0), make_tiny_gpt2(), tiny_tokenizer,
                   tiny_pairs)  # fmt: skip
     checkpoints = sorted(path.name for path in (output_dir / "checkpoints").iterdir())
     assert checkpoints == ["step-00000002"]

@@ -205,6 +205,7 @@ def train_dpo(
                 config.average_logps,
                 cache_dir,
                 f"reference log-probs ({what})",
+                config.progress_bar,
             )  # (N, 2)
             for example, (chosen, rejected) in zip(examples, logps.tolist(), strict=True):
                 example["ref_chosen_logps"], example["ref_rejected_logps"] = chosen, rejected

@@ -161,6 +161,11 @@ def train_loop(
     log = MetricsLog(accelerator, output_dir, start)
     accelerator.init_trackers("dpo-teach", config=asdict(config))
     last_checkpoint = f"step {start}" if resumed else "none yet"
+    accelerator.print(
+        f"{type(objective).__name__}: {accelerator.num_processes} process(es) on {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}, {len(train_examples)} training examples, "
+        + (f"resuming from step {start}" if resumed else "starting at step 0")
+    )
     if evaluate is not None and config.eval_every and start == 0:
         log.write({"step": 0, **{f"eval/{key}": value for key, value in evaluate(model).items()}})
     bar = tqdm(
