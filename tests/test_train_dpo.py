@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,62 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(
     checkpoints = sorted(path.name for path in (output_dir / "checkpoints").iterdir())
     assert checkpoints == ["step-00000002"]
     assert GPT2LMHeadModel.from_pretrained(output_dir / "checkpoints" / "step-00000002" / "policy") is not None
+
+
+def test_bfloat16_autocast_after_a_float32_run_in_the_same_process(tmp_path, tiny_pairs, run):
+    """Mixed precision: forward passes in bfloat16, log-probs in float32; policy and reference in the same
+    autocast, so the rewards are exactly 0 before the first update. The second run in this process asks for
+    another precision than the first, which accelerate's global state would refuse without the reset."""
+    run("float32", tiny_pairs, max_steps=1)
+    run("bfloat16", tiny_pairs, precompute_ref=False, mixed_precision="bf16", max_steps=2)
+    first_step, second_step = train_records(tmp_path / "bfloat16")
+    assert first_step["rewards/chosen"] == 0.0 and first_step["rewards/rejected"] == 0.0
+    assert first_step["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert second_step["rewards/margins"] != 0.0 and math.isfinite(second_step["loss"])
+
+
+def test_metrics_reach_accelerate_trackers(tmp_path, tiny_tokenizer, make_tiny_gpt2, tiny_pairs):
+    """What goes to metrics.jsonl also goes to every tracker (TensorBoard, W&B, ...) through accelerator.log."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.tracking import GeneralTracker
+
+    class RecordingTracker(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recording", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.logged = []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.configuration = values
+
+        def log(self, values, step, **kwargs):
+            self.logged.append({"step": step, **values})
+
+    tracker = RecordingTracker()
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(log_with=[tracker])
+    config = dpo_config(tmp_path / "tracked", max_steps=2, eval_every=2)
+    train_dpo(config, make_tiny_gpt2(), tiny_tokenizer, tiny_pairs[8:], tiny_pairs[:8], accelerator=accelerator)
+    assert tracker.configuration["beta"] == config.beta
+    assert tracker.logged == read_metrics(tmp_path / "tracked")
+
+
+def test_a_tracker_that_is_not_installed_is_an_error(tmp_path):
+    from dpo_teach.train.loop import make_accelerator
+
+    with pytest.raises(ValueError, match=r"log_with: \['tensorboard'\] requested but not installed"):
+        make_accelerator(dpo_config(tmp_path, log_with="tensorboard"))
+
+
+def test_every_logged_metric_is_documented(tmp_path, tiny_pairs, run):
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    run("documented", tiny_pairs[8:], tiny_pairs[:8], nll_weight=0.5, max_steps=2)
+    names = {name for record in read_metrics(tmp_path / "documented") for name in record} - {"step"}
+    for name in names:
+        assert f"`{name.removeprefix('eval/')}`" in documented, name

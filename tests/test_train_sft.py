@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,14 @@ def test_sft_learns_and_reports_held_out_perplexity(tmp_path, tiny_tokenizer, ma
     assert evaluations[-1]["eval/loss"] < evaluations[0]["eval/loss"] - 1.0
     for record in evaluations:
         assert record["eval/perplexity"] == pytest.approx(torch.tensor(record["eval/loss"]).exp().item(), rel=1e-6)
+
+
+def test_every_logged_metric_is_documented(tmp_path, tiny_tokenizer, make_tiny_gpt2, tiny_pairs):
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    examples = sft_examples(tiny_pairs)
+    config = sft_config(tmp_path / "documented", max_steps=1, eval_every=1)
+    train_sft(config, make_tiny_gpt2(), tiny_tokenizer, examples[8:], examples[:8])
+    names = {name for record in records(tmp_path / "documented") for name in record} - {"step"}
+    assert "eval/perplexity" in names
+    for name in names:
+        assert f"`{name}`" in documented or f"`{name.removeprefix('eval/')}`" in documented, name

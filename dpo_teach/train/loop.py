@@ -30,6 +30,7 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -63,16 +64,25 @@ class Objective(Protocol):
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The accelerator of a run: mixed precision and trackers from the config.
 
+    accelerate keeps one global state per Python process and refuses a second Accelerator with another
+    precision; a notebook that runs SFT in float32 and then DPO in bfloat16 needs both, so the state is
+    reset first, as transformers' Trainer does (the process group of ``accelerate launch`` is kept).
     The scheduler steps once per optimizer step (``step_scheduler_with_optimizer=False``):
     ``batch_size`` is already the global batch, so warmup counts optimizer steps whatever the
-    number of processes.
+    number of processes. A requested tracker that is not installed is an error, not a warning.
     """
-    return Accelerator(
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with=config.trackers or None,
         project_dir=config.output_dir,
         step_scheduler_with_optimizer=False,
     )
+    active = {getattr(tracker, "value", tracker) for tracker in accelerator.log_with}
+    missing = [name for name in config.trackers if name not in active]
+    if missing:
+        raise ValueError(f"log_with: {missing} requested but not installed; pip install {' '.join(missing)}")
+    return accelerator
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
