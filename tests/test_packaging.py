@@ -35,3 +35,17 @@ def test_ci_runs_the_readme_test_command():
     """.ci/run calls `make test`, the command the README gives."""
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_every_test_the_readme_names_exists():
+    """The README's pitfall table points at tests by `file::name`; each must be a test function in that file."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    references = re.findall(r"`(tests/\w+\.py)((?:::\w+)?)`((?:, `::\w+`)*)", readme)
+    assert references, "the README names no tests"
+    for path, first, more in references:
+        source = (ROOT / path).read_text()
+        for name in [first, *re.findall(r"::\w+", more)]:
+            if name:
+                assert f"def {name.removeprefix('::')}(" in source, f"{path}{name}"
