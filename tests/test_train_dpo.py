@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+from dpo_teach import logprobs
 from dpo_teach.train import dpo as dpo_module
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.dpo import train_dpo
@@ -197,12 +198,22 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(
     assert GPT2LMHeadModel.from_pretrained(output_dir / "checkpoints" / "step-00000002" / "policy") is not None
 
 
-def test_bfloat16_autocast_after_a_float32_run_in_the_same_process(tmp_path, tiny_pairs, run):
+def test_bfloat16_autocast_after_a_float32_run_in_the_same_process(tmp_path, tiny_pairs, run, monkeypatch):
     """Mixed precision: forward passes in bfloat16, log-probs in float32; policy and reference in the same
     autocast, so the rewards are exactly 0 before the first update. The second run in this process asks for
     another precision than the first, which accelerate's global state would refuse without the reset."""
     run("float32", tiny_pairs, max_steps=1)
+    logits_dtypes = []
+    original = logprobs.sequence_logps
+
+    def spy(logits, labels, average=False):
+        logits_dtypes.append(logits.dtype)
+        return original(logits, labels, average)
+
+    monkeypatch.setattr(logprobs, "sequence_logps", spy)
     run("bfloat16", tiny_pairs, precompute_ref=False, mixed_precision="bf16", max_steps=2)
+    # the policy's and the reference's logits stay bfloat16 (no float32 copy); log-probs are float32
+    assert set(logits_dtypes) == {torch.bfloat16}
     first_step, second_step = train_records(tmp_path / "bfloat16")
     assert first_step["rewards/chosen"] == 0.0 and first_step["rewards/rejected"] == 0.0
     assert first_step["loss"] == pytest.approx(math.log(2), abs=1e-7)

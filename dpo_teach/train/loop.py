@@ -166,6 +166,12 @@ def train_loop(
     optimizer = build_optimizer(model, config)
     scheduler = warmup_schedule(optimizer, config.warmup_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.native_amp:
+        # Under mixed precision, accelerate's prepared forward returns every output upcast to float32: for a
+        # language model a float32 copy of the (2B, T, V) logits, the largest tensor of a step. Its plain forward
+        # is restored instead, and the loop runs it under accelerator.autocast(); dpo_teach.logprobs upcasts
+        # only the chunks it needs.
+        accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     resumed = load_latest_checkpoint(accelerator, output_dir) if config.resume else None
     start = resumed["step"] if resumed else 0
     log = MetricsLog(accelerator, output_dir, start)
@@ -177,7 +183,9 @@ def train_loop(
         + (f"resuming from step {start}" if resumed else "starting at step 0")
     )
     if evaluate is not None and config.eval_every and start == 0:
-        log.write({"step": 0, **{f"eval/{key}": value for key, value in evaluate(model).items()}})
+        with accelerator.autocast():
+            evaluation = evaluate(model)
+        log.write({"step": 0, **{f"eval/{key}": value for key, value in evaluation.items()}})
     bar = tqdm(
         total=config.max_steps,
         initial=start,
@@ -199,7 +207,7 @@ def train_loop(
         loss_sum, tokens, metrics = torch.zeros((), device=accelerator.device), 0, {}
         for index, batch in enumerate(batches):
             synchronize = index == len(batches) - 1
-            with contextlib.nullcontext() if synchronize else accelerator.no_sync(model):
+            with contextlib.nullcontext() if synchronize else accelerator.no_sync(model), accelerator.autocast():
                 output = objective(model, batch)
                 accelerator.backward(output.loss_sum * scale)
             loss_sum += output.loss_sum.detach().float()
@@ -239,7 +247,9 @@ def train_loop(
         bar.set_postfix(loss=f"{loss:.4f}")
         finished = step + 1 == config.max_steps
         if evaluate is not None and config.eval_every and ((step + 1) % config.eval_every == 0 or finished):
-            log.write({"step": step + 1, **{f"eval/{key}": value for key, value in evaluate(model).items()}})
+            with accelerator.autocast():
+                evaluation = evaluate(model)
+            log.write({"step": step + 1, **{f"eval/{key}": value for key, value in evaluation.items()}})
         if (config.save_every and (step + 1) % config.save_every == 0) or finished:
             trainer_state = {
                 "step": step + 1,
