@@ -241,10 +241,43 @@ def tokenize_sft(
 
 
 def tokenize_all(
-    examples: Sequence[dict], tokenize: Callable[..., dict], description: str = "tokenizing", **kwargs: Any
+    examples: Sequence[dict],
+    tokenize: Callable[..., dict],
+    description: str = "tokenizing",
+    progress_bar: bool = True,
+    **kwargs: Any,
 ) -> list[dict]:
     """``[tokenize(example, **kwargs) for example in examples]`` with a progress bar."""
-    return [tokenize(example, **kwargs) for example in tqdm(examples, desc=description)]
+    return [tokenize(example, **kwargs) for example in tqdm(examples, desc=description, disable=not progress_bar)]
+
+
+def load_and_tokenize(
+    source: list[dict] | str | Path | datasets.Dataset | None,
+    kind: str,
+    tokenizer: Any,
+    max_length: int,
+    max_prompt_length: int,
+    truncation_mode: str = "keep_end",
+    *,
+    skip_invalid: bool = False,
+    progress_bar: bool = True,
+) -> list[dict]:
+    """Steps 1 and 2 for a whole source: validated, tokenized examples of ``kind``; ``[]`` when no source is given
+    (``None`` or an empty path)."""
+    if source is None or (isinstance(source, str) and not source):
+        return []
+    examples, _ = load_examples(source, kind, skip_invalid=skip_invalid, max_length=max_length, tokenizer=tokenizer)
+    tokenize = tokenize_preference if kind == "preference" else tokenize_sft
+    return tokenize_all(
+        examples,
+        tokenize,
+        f"tokenizing {kind} examples",
+        progress_bar,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+    )
 
 
 def _pad(sequences: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpo_teach.data import collate_preference, load_examples, tokenize_preference
+from dpo_teach.data import collate_preference, load_and_tokenize
 from dpo_teach.logprobs import concatenated_logps
 from dpo_teach.losses import get_loss, nll_loss
 from dpo_teach.train.config import DPOConfig
@@ -136,19 +136,12 @@ def evaluate_pairs(
     return dict(zip(objective.metric_names(), table.mean(dim=0).tolist(), strict=True))
 
 
-def _tokenized(config: DPOConfig, source, tokenizer, what: str) -> list[dict]:
-    """Validated, tokenized pairs of ``source`` (a list, a ``datasets.Dataset``, or a path); [] when none given."""
-    if source is None or (isinstance(source, str) and not source):
-        return []
-    examples, skipped = load_examples(
-        source, "preference", skip_invalid=config.skip_invalid, max_length=config.max_length, tokenizer=tokenizer
-    )
-    if skipped:
-        print(f"{what}: skipped {skipped} invalid example(s)")
-    return [
-        tokenize_preference(example, tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode)
-        for example in examples
-    ]
+def _tokenized(config: DPOConfig, source, tokenizer) -> list[dict]:
+    """Validated, tokenized pairs of ``source`` (a list, a ``datasets.Dataset`` or a path); [] when none given."""
+    return load_and_tokenize(
+        source, "preference", tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode,
+        skip_invalid=config.skip_invalid, progress_bar=config.progress_bar,
+    )  # fmt: skip
 
 
 def _reference_model(config: DPOConfig, policy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -184,10 +177,14 @@ def train_dpo(
     if config.disable_dropout:
         disable_dropout(model)
     model.to(accelerator.device)
-    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer, "train")
+    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer)
     if not train:
         raise ValueError("train_data: no training pairs; give a JSONL file or a save_to_disk directory")
-    held_out = _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer, "eval")
+    held_out = (
+        _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer)
+        if config.eval_every
+        else []
+    )
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
 
     reference = _reference_model(config, model, accelerator.device)

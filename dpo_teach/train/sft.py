@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpo_teach.data import collate_sft, load_examples, tokenize_sft
+from dpo_teach.data import collate_sft, load_and_tokenize
 from dpo_teach.logprobs import completion_logps
 from dpo_teach.train.config import SFTConfig
 from dpo_teach.train.loop import StepOutput, make_accelerator, train_loop
@@ -60,19 +60,13 @@ def evaluate_nll(
     return {"loss": loss, "perplexity": math.exp(loss)}
 
 
-def _tokenized(config: SFTConfig, source, tokenizer, what: str) -> list[dict]:
-    """Validated, tokenized examples of ``source``; [] when none given. Whole texts are scored everywhere."""
-    if source is None or (isinstance(source, str) and not source):
-        return []
-    examples, skipped = load_examples(
-        source, "sft", skip_invalid=config.skip_invalid, max_length=config.max_length, tokenizer=tokenizer
-    )
-    if skipped:
-        print(f"{what}: skipped {skipped} invalid example(s)")
-    tokenized = [
-        tokenize_sft(example, tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode)
-        for example in examples
-    ]
+def _tokenized(config: SFTConfig, source, tokenizer) -> list[dict]:
+    """Validated, tokenized examples of ``source``; [] when none given. Without ``completion_only`` every token
+    after the first is scored, the prompt's too."""
+    tokenized = load_and_tokenize(
+        source, "sft", tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode,
+        skip_invalid=config.skip_invalid, progress_bar=config.progress_bar,
+    )  # fmt: skip
     if not config.completion_only:
         for example in tokenized:
             example["labels"] = list(example["input_ids"])
@@ -97,10 +91,14 @@ def train_sft(
     model = model or load_causal_lm(config.model, config.model_dtype)
     if config.disable_dropout:
         disable_dropout(model)
-    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer, "train")
+    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer)
     if not train:
         raise ValueError("train_data: no training examples; give a JSONL file or a save_to_disk directory")
-    held_out = _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer, "eval")
+    held_out = (
+        _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer)
+        if config.eval_every
+        else []
+    )
     collate = partial(collate_sft, pad_token_id=tokenizer.pad_token_id)
     evaluate = (
         partial(
