@@ -63,26 +63,27 @@ def sequence_logps(
             f"logits must be (N, T, V) and labels (N, T) with the same N and T, "
             f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
         )
-    num_rows, _, vocab_size = logits.shape
+    num_rows, length, vocab_size = logits.shape
     dtype = torch.promote_types(logits.dtype, torch.float32)
     targets = labels[:, 1:]  # (N, T-1): the token each position predicts
     mask = targets != IGNORE_INDEX  # (N, T-1)
-    rows, _ = mask.nonzero(as_tuple=True)  # (M,) row of each completion token
-    completion_logits = logits[:, :-1][mask]  # (M, V), still in the logits' dtype
-    completion_targets = targets[mask]  # (M,)
+    rows, positions = mask.nonzero(as_tuple=True)  # (M,) row and position of each completion token
+    # index_select on a flat view, not boolean indexing: same rows, but its backward uses every CPU thread
+    completion_logits = logits.reshape(num_rows * length, vocab_size).index_select(0, rows * length + positions)
+    completion_targets = targets[rows, positions]  # (M,); completion_logits is (M, V) in the logits' dtype
     if completion_targets.numel() and not (0 <= completion_targets.min() and completion_targets.max() < vocab_size):
         raise ValueError(f"labels must be {IGNORE_INDEX} or a token id in [0, {vocab_size}), the logits' vocabulary")
 
     # Memory: an (N, T, V) float32 log-softmax is the largest tensor of a DPO step (2B x T x 50257 floats
     # for GPT-2), so none is made. Only the M completion positions are copied out, in the logits' own dtype;
     # the label logit is gathered (upcasting it is exact), and the normalizer logsumexp is computed in
-    # float32 one chunk of rows at a time. Under autograd each chunk is checkpointed: backward recomputes
-    # its upcast instead of keeping every float32 chunk alive until then.
+    # float32 one chunk of rows at a time. Under autograd each low-precision chunk is checkpointed: backward
+    # recomputes its upcast instead of keeping every float32 chunk alive until then.
     label_logits = completion_logits.gather(-1, completion_targets[:, None]).squeeze(-1).to(dtype)  # (M,)
     chunk_rows = max(1, LOGSUMEXP_CHUNK_ELEMENTS // vocab_size)
     normalizers = []
     for chunk in completion_logits.split(chunk_rows):  # (<= chunk_rows, V) each
-        if chunk.requires_grad:
+        if chunk.requires_grad and chunk.dtype != dtype:  # float32 logits: the upcast is free, nothing to save
             normalizers.append(checkpoint(_logsumexp, chunk, dtype, use_reentrant=False))
         else:
             normalizers.append(_logsumexp(chunk, dtype))
@@ -110,12 +111,20 @@ def completion_logps(
     ``position_ids`` are passed: with right padding every row starts at position 0, so the model's
     default positions 0..T-1 are the right ones for every real token (left padding would need
     positions computed from the attention mask). Padding positions get logits, which are not scored.
+
+    The LM head runs only from the first position that predicts a completion token in any row
+    (``logits_to_keep``, a forward argument of transformers' causal LMs): logits of the prompt
+    positions before it are never computed, saving the head's time and memory on long prompts.
     """
     missing = [key for key in ("input_ids", "attention_mask", "labels") if key not in batch]
     if missing:
         raise ValueError(f"batch is missing {missing}; expected input_ids, attention_mask and labels, each (N, T)")
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-    return sequence_logps(logits, batch["labels"], average=average)
+    labels = batch["labels"]  # (N, T)
+    predicts_a_label = (labels[:, 1:] != IGNORE_INDEX).any(dim=0)  # (T-1,): position t predicts label t + 1
+    first = int(predicts_a_label.int().argmax()) if bool(predicts_a_label.any()) else labels.shape[1] - 1
+    kept = labels.shape[1] - first
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=kept).logits
+    return sequence_logps(logits, labels[:, first:], average=average)  # logits (N, kept, V) of positions first..T-1
 
 
 def concatenated_logps(

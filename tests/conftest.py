@@ -7,8 +7,6 @@ import random
 
 import pytest
 
-END_OF_TEXT = "<|endoftext|>"
-
 
 def _sentences() -> list[str]:
     """A few hundred short, deterministic movie-review sentences."""
@@ -29,22 +27,9 @@ def tiny_tokenizer():
     Any text can be encoded (byte-level alphabet); ``len(tokenizer)`` is the vocabulary size a
     tiny model needs. No special tokens are added by ``add_special_tokens=True``, as with GPT-2.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from dpo_teach.sentiment.models import train_tokenizer
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[END_OF_TEXT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(_sentences(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
-    )
+    return train_tokenizer(_sentences(), vocab_size=400)
 
 
 @pytest.fixture
