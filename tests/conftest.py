@@ -86,3 +86,27 @@ def saved_run_inputs(tmp_path, tiny_tokenizer, make_tiny_gpt2, tiny_pairs):
     train_path.write_text("".join(json.dumps(pair) + "\n" for pair in tiny_pairs[8:]))
     eval_path.write_text("".join(json.dumps(pair) + "\n" for pair in tiny_pairs[:8]))
     return {"model": str(model_dir), "train_data": str(train_path), "eval_data": str(eval_path)}
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer DistilBERT sentiment classifier with random weights, saved like a Hub checkpoint."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=len(tiny_tokenizer),
+        dim=16,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=32,
+        max_position_embeddings=512,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    path = tmp_path_factory.mktemp("classifier")
+    DistilBertForSequenceClassification(config).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return str(path)

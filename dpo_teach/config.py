@@ -1,0 +1,98 @@
+"""The sentiment task's presets: one config per row of the presets table in DESIGN.md.
+
+``tiny`` runs everything offline on a CPU in minutes: a synthetic review corpus, a BPE tokenizer and
+a small GPT-2 trained here, VADER as the reward. ``gpt2`` and ``paper`` use the Hub (GPT-2, IMDb,
+the paper's sentiment classifier) and the paper's hyper-parameters (DPO paper Sec. 6.1, App. B-C).
+The code that runs a preset is the same for all three (``dpo_teach.sentiment.task``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dpo_teach.sentiment.models import TinyGPT2
+from dpo_teach.sentiment.sampling import SamplingConfig
+from dpo_teach.train.config import DPOConfig, SFTConfig
+
+
+@dataclass
+class TaskConfig:
+    """Where the corpus, the models and the reward come from, and the size of every stage."""
+
+    preset: str
+    """Name of the preset this config started from."""
+    corpus: str = "synthetic"
+    """'synthetic' (made by dpo_teach, offline) or an IMDb-format dataset: a Hub name or a save_to_disk directory."""
+    num_train_reviews: int = 20_000
+    """Synthetic corpus only: reviews in the train split (SFT data and the prompts of the preference pairs)."""
+    num_test_reviews: int = 5_000
+    """Synthetic corpus only: reviews in the test split (held-out perplexity and evaluation prompts)."""
+    corpus_seed: int = 0
+    """Seed of the synthetic corpus."""
+    model: str = ""
+    """Hub name or path of the pretrained policy to fine-tune; empty trains the tiny GPT-2 from scratch."""
+    vocab_size: int = 2048
+    """Tiny preset: vocabulary of the BPE tokenizer trained on the corpus."""
+    shape: TinyGPT2 = field(default_factory=TinyGPT2)
+    """Tiny preset: layers, width, heads and context of the GPT-2 trained from scratch."""
+    reward: str = "vader"
+    """Ground-truth reward: 'vader', or the Hub name or path of a sentiment classifier."""
+    reward_positive_label: str = "POSITIVE"
+    """Classifier reward: the label whose probability (or logit) is the reward."""
+    reward_output: str = "prob"
+    """Classifier reward: 'prob' (the paper's p(positive)) or 'logit'."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning of the policy on the train reviews (whole texts); output_dir is set per run."""
+    sft_eval_reviews: int = 500
+    """Held-out test reviews on which the SFT perplexity is reported."""
+    min_prompt_tokens: int = 2  # paper Sec. 6.1
+    """Shortest review prefix used as a prompt, in tokens."""
+    max_prompt_tokens: int = 8  # paper Sec. 6.1
+    """Longest review prefix used as a prompt, in tokens."""
+    num_pair_prompts: int = 1_000
+    """Train-review prefixes from which preference pairs are sampled."""
+    samples_per_prompt: int = 4  # paper App. C.1
+    """Completions sampled from the SFT policy per prompt; every pair of them is labelled (6 pairs for 4)."""
+    num_eval_prompts: int = 200
+    """Test-review prefixes on which reward and KL are evaluated."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling of completions (pairs and evaluation): pure ancestral sampling, so KL estimates are unbiased."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """DPO on the pairs; output_dir is set per run."""
+
+
+def _tiny() -> TaskConfig:
+    sampling = SamplingConfig(max_new_tokens=32, batch_size=128)
+    sft = SFTConfig(
+        max_steps=1_200, batch_size=32, learning_rate=2e-3, warmup_steps=100, completion_only=False, max_length=128,
+        max_prompt_length=64, eval_every=400, eval_batch_size=64, save_every=400,
+    )  # fmt: skip
+    dpo = DPOConfig(
+        max_steps=150, batch_size=32, optimizer="adamw", learning_rate=5e-5, warmup_steps=10, max_length=64,
+        max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=50,
+    )  # fmt: skip
+    return TaskConfig(preset="tiny", sft=sft, sampling=sampling, dpo=dpo)
+
+
+def _hub(preset: str, model: str) -> TaskConfig:
+    """The paper's setup on the Hub: IMDb, a GPT-2 SFT'd on it, the siebert classifier's p(positive)."""
+    sampling = SamplingConfig(max_new_tokens=48, batch_size=64)
+    sft = SFTConfig(
+        max_steps=3_000, batch_size=64, learning_rate=5e-5, warmup_steps=150, completion_only=False, max_length=512,
+        max_prompt_length=256, eval_every=500, eval_batch_size=32, save_every=500, mixed_precision="bf16",
+    )  # fmt: skip
+    dpo = DPOConfig(max_length=512, max_prompt_length=64, mixed_precision="bf16")  # paper App. B defaults
+    return TaskConfig(
+        preset=preset, corpus="stanfordnlp/imdb", model=model, reward="siebert/sentiment-roberta-large-english",
+        sft=sft, sampling=sampling, num_pair_prompts=25_000, num_eval_prompts=1_000, dpo=dpo,
+    )  # fmt: skip
+
+
+PRESETS = {"tiny": _tiny, "gpt2": lambda: _hub("gpt2", "gpt2"), "paper": lambda: _hub("paper", "gpt2-large")}
+
+
+def preset(name: str) -> TaskConfig:
+    """A fresh copy of the preset ``name`` (``tiny``, ``gpt2`` or ``paper``), safe to modify."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,201 @@
+"""The sentiment task end to end, one stage at a time, each cached in the run directory.
+
+    corpus -> tokenizer -> SFT policy (= pi_ref) -> prompts -> K samples per prompt -> rewards
+    -> preference pairs -> DPO(beta) -> evaluation (reward and KL on held-out prompts)
+
+:class:`SentimentTask` computes a stage the first time it is asked for and reuses it afterwards. A
+stage that writes files (tokenizer, SFT, pairs, DPO) records a hash of its inputs in
+``RUN/<stage>/stage.json``: unchanged inputs reuse the finished stage, or resume an interrupted one
+from its last checkpoint; changed inputs start it afresh. Every preset runs this same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from dpo_teach.config import TaskConfig
+from dpo_teach.sentiment.corpus import Review, imdb_corpus, synthetic_corpus
+from dpo_teach.sentiment.evaluate import Evaluation, evaluate
+from dpo_teach.sentiment.models import tiny_gpt2, train_tokenizer
+from dpo_teach.sentiment.pairs import build_pairs, save_pairs
+from dpo_teach.sentiment.rewards import make_reward
+from dpo_teach.sentiment.sampling import make_prompts, sample
+from dpo_teach.train.dpo import train_dpo
+from dpo_teach.train.models import load_causal_lm, load_tokenizer
+from dpo_teach.train.sft import train_sft
+
+HELD_OUT_PAIR_FRACTION = 0.05
+"""Share of the pair prompts whose pairs are held out for DPO's evaluation (loss, reward accuracy, margins)."""
+
+
+class Stage:
+    """A directory whose contents are a function of ``inputs``; ``stage.json`` records them and completion."""
+
+    def __init__(self, directory: Path, inputs: dict) -> None:
+        self.directory = directory
+        self.key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        self.inputs = inputs
+        self.record = directory / "stage.json"
+
+    def _recorded(self) -> dict:
+        return json.loads(self.record.read_text()) if self.record.exists() else {}
+
+    @property
+    def done(self) -> bool:
+        recorded = self._recorded()
+        return recorded.get("key") == self.key and recorded.get("done", False)
+
+    def start(self) -> None:
+        """Keep the directory when it holds an interrupted run of the same inputs; otherwise empty it."""
+        if self._recorded().get("key") != self.key and self.directory.exists():
+            shutil.rmtree(self.directory)
+        self._write(done=False)
+
+    def finish(self) -> None:
+        self._write(done=True)
+
+    def _write(self, done: bool) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.record.with_suffix(".incomplete")
+        temporary.write_text(json.dumps({"key": self.key, "done": done, "inputs": self.inputs}, indent=2, default=str))
+        os.replace(temporary, self.record)
+
+
+def _fields(config, *excluded: str) -> dict:
+    return {key: value for key, value in dataclasses.asdict(config).items() if key not in excluded}
+
+
+class SentimentTask:
+    """The stages of the task for one :class:`TaskConfig`, computed on demand and cached under ``run_dir``."""
+
+    def __init__(self, config: TaskConfig, run_dir: str | Path, progress_bar: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress_bar = progress_bar
+
+    @cached_property
+    def corpus(self) -> dict[str, list[Review]]:
+        """``{"train": [...], "test": [...]}`` reviews: synthetic (seeded) or an IMDb-format dataset."""
+        config = self.config
+        if config.corpus == "synthetic":
+            return synthetic_corpus(config.num_train_reviews, config.num_test_reviews, config.corpus_seed)
+        return imdb_corpus(config.corpus)
+
+    def _corpus_inputs(self) -> dict:
+        config = self.config
+        return {
+            "corpus": config.corpus,
+            **({"train": config.num_train_reviews, "test": config.num_test_reviews, "seed": config.corpus_seed}
+               if config.corpus == "synthetic" else {}),
+        }  # fmt: skip
+
+    @cached_property
+    def tokenizer(self):
+        """The pretrained model's tokenizer, or (tiny) a BPE trained on the train reviews, cached."""
+        if self.config.model:
+            return load_tokenizer(self.config.model)
+        stage = Stage(self.run_dir / "tokenizer", {**self._corpus_inputs(), "vocab_size": self.config.vocab_size})
+        if not stage.done:
+            stage.start()
+            texts = [review.text for review in self.corpus["train"]]
+            train_tokenizer(texts, self.config.vocab_size).save_pretrained(stage.directory)
+            stage.finish()
+        return load_tokenizer(str(stage.directory))
+
+    @cached_property
+    def reward(self):
+        """The ground-truth reward: ``reward(texts) -> (N,)``, scored on prompt + completion."""
+        config = self.config
+        if config.reward == "vader":
+            return make_reward("vader")
+        return make_reward(config.reward, positive_label=config.reward_positive_label, output=config.reward_output)
+
+    def sft_policy(self) -> Path:
+        """Directory of the SFT policy (pi_ref of every method): trained on the train reviews as whole texts."""
+        config = self.config
+        inputs = {**self._corpus_inputs(), "vocab_size": config.vocab_size, "model": config.model}
+        inputs |= {"shape": dataclasses.asdict(config.shape), "eval_reviews": config.sft_eval_reviews}
+        inputs["sft"] = _fields(config.sft, "output_dir", "progress_bar")
+        stage = Stage(self.run_dir / "sft", inputs)
+        if not stage.done:
+            stage.start()
+            model = load_causal_lm(config.model) if config.model else tiny_gpt2(self.tokenizer, config.shape)
+            train = [{"text": review.text} for review in self.corpus["train"]]
+            held_out = [{"text": review.text} for review in self.corpus["test"][: config.sft_eval_reviews]]
+            sft = dataclasses.replace(config.sft, output_dir=str(stage.directory), progress_bar=self.progress_bar)
+            train_sft(sft, model, self.tokenizer, train, held_out)
+            stage.finish()
+        return stage.directory / "final"
+
+    def load_policy(self, directory: str | Path) -> torch.nn.Module:
+        return load_causal_lm(str(directory)).eval()
+
+    @cached_property
+    def pair_prompts(self) -> list[str]:
+        """Prefixes of train reviews (2-8 tokens) from which the preference pairs are sampled."""
+        texts = [review.text for review in self.corpus["train"]]
+        prompts = make_prompts(texts, self.tokenizer, self.config.min_prompt_tokens, self.config.max_prompt_tokens)
+        return prompts[: self.config.num_pair_prompts]
+
+    @cached_property
+    def eval_prompts(self) -> list[str]:
+        """Prefixes of test reviews on which every policy is evaluated."""
+        texts = [review.text for review in self.corpus["test"]]
+        prompts = make_prompts(texts, self.tokenizer, self.config.min_prompt_tokens, self.config.max_prompt_tokens)
+        return prompts[: self.config.num_eval_prompts]
+
+    def preference_pairs(self) -> tuple[Path, Path]:
+        """``train.jsonl`` and ``eval.jsonl`` of labelled pairs: K SFT samples per prompt, every pair of them."""
+        config = self.config
+        sft_dir = self.sft_policy()
+        inputs = {"sft": json.loads((sft_dir.parent / "stage.json").read_text())["key"], "prompts": self.pair_prompts}
+        inputs |= {"samples_per_prompt": config.samples_per_prompt, "sampling": dataclasses.asdict(config.sampling)}
+        inputs["reward"] = [config.reward, config.reward_positive_label, config.reward_output]
+        stage = Stage(self.run_dir / "pairs", inputs)
+        train_path, eval_path = stage.directory / "train.jsonl", stage.directory / "eval.jsonl"
+        if not stage.done:
+            stage.start()
+            samples = sample(
+                self.load_policy(sft_dir), self.tokenizer, self.pair_prompts, config.sampling,
+                config.samples_per_prompt, self.progress_bar,
+            )  # fmt: skip
+            rewards = self.reward(samples.texts)  # (N,)
+            held_out_prompts = set(self.pair_prompts[: max(1, int(HELD_OUT_PAIR_FRACTION * len(self.pair_prompts)))])
+            pairs, ties = build_pairs(samples, rewards)
+            save_pairs([pair for pair in pairs if pair["prompt"] not in held_out_prompts], train_path)
+            save_pairs([pair for pair in pairs if pair["prompt"] in held_out_prompts], eval_path)
+            (stage.directory / "summary.json").write_text(
+                json.dumps({"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}, indent=2)
+            )
+            stage.finish()
+        return train_path, eval_path
+
+    def dpo_policy(self, name: str = "dpo", **overrides) -> Path:
+        """Directory of a policy trained with ``config.dpo`` (``overrides`` replace its fields, e.g. beta) on the
+        pairs, starting from the SFT policy, which is also its reference."""
+        train_path, eval_path = self.preference_pairs()
+        dpo = dataclasses.replace(self.config.dpo, **overrides)
+        inputs = {"pairs": json.loads((train_path.parent / "stage.json").read_text())["key"]}
+        inputs["dpo"] = _fields(dpo, "output_dir", "progress_bar")
+        stage = Stage(self.run_dir / name, inputs)
+        if not stage.done:
+            stage.start()
+            dpo = dataclasses.replace(dpo, output_dir=str(stage.directory), progress_bar=self.progress_bar)
+            train_dpo(dpo, self.load_policy(self.sft_policy()).train(), self.tokenizer, str(train_path), str(eval_path))
+            stage.finish()
+        return stage.directory / "final"
+
+    def evaluate(self, policy_dir: str | Path, num_samples_per_prompt: int = 1) -> Evaluation:
+        """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts."""
+        return evaluate(
+            self.load_policy(policy_dir), self.load_policy(self.sft_policy()), self.tokenizer, self.eval_prompts,
+            self.reward, self.config.sampling, num_samples_per_prompt, self.progress_bar,
+        )  # fmt: skip

@@ -1,0 +1,97 @@
+"""The sentiment task end to end at toy size: every stage runs, is reused, is redone when its inputs change,
+and the Hub presets' code path (pretrained model, IMDb-format dataset, classifier reward) runs on local copies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from dpo_teach.config import preset
+from dpo_teach.sentiment import task as task_module
+from dpo_teach.sentiment.models import TinyGPT2
+from dpo_teach.sentiment.task import SentimentTask
+
+
+def toy(config):
+    """Shrink every stage of a preset to seconds."""
+    config.num_train_reviews, config.num_test_reviews, config.vocab_size = 300, 60, 400
+    config.shape = TinyGPT2(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    config.sft = dataclasses.replace(
+        config.sft, max_steps=30, batch_size=8, eval_every=15, save_every=15, eval_batch_size=16, max_length=64,
+        max_prompt_length=32, mixed_precision="no",
+    )  # fmt: skip
+    config.sft_eval_reviews, config.num_pair_prompts, config.num_eval_prompts = 16, 24, 8
+    config.sampling = dataclasses.replace(config.sampling, max_new_tokens=10, batch_size=32)
+    config.dpo = dataclasses.replace(config.dpo, max_steps=3, batch_size=2, eval_every=3, save_every=3,
+                                     eval_batch_size=8, max_length=32, max_prompt_length=12, optimizer="adamw",
+                                     learning_rate=1e-3, warmup_steps=0, mixed_precision="no")  # fmt: skip
+    return config
+
+
+def run_all(task: SentimentTask):
+    train_path, eval_path = task.preference_pairs()
+    dpo_dir = task.dpo_policy(beta=0.5)
+    return train_path, eval_path, dpo_dir, task.evaluate(dpo_dir)
+
+
+def test_the_tiny_pipeline_runs_caches_and_invalidates(tmp_path, monkeypatch):
+    config = toy(preset("tiny"))
+    train_path, eval_path, dpo_dir, evaluation = run_all(SentimentTask(config, tmp_path, progress_bar=False))
+    assert (dpo_dir / "model.safetensors").exists()
+    summary = json.loads((train_path.parent / "summary.json").read_text())
+    assert summary["pairs"] + summary["ties_dropped"] == 24 * 6  # every pair of 4 samples is labelled or a tie
+    pairs = [json.loads(line) for line in train_path.read_text().splitlines()]
+    assert pairs and all(pair["chosen_reward"] > pair["rejected_reward"] for pair in pairs)
+    held_out = {json.loads(line)["prompt"] for line in eval_path.read_text().splitlines()}
+    assert held_out.isdisjoint({pair["prompt"] for pair in pairs})
+    assert evaluation.num_samples == 8 and 0.0 <= evaluation.mean_reward <= 1.0 and evaluation.kl >= 0.0
+
+    # a second task over the same run directory reuses every stage
+    for name in ("train_sft", "train_dpo", "sample", "train_tokenizer"):
+        monkeypatch.setattr(task_module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran again"))
+    assert run_all(SentimentTask(config, tmp_path, progress_bar=False))[:3] == (train_path, eval_path, dpo_dir)
+
+    # a changed SFT config redoes SFT and everything downstream of it, and only that
+    monkeypatch.undo()
+    changed = toy(preset("tiny"))
+    changed.sft = dataclasses.replace(changed.sft, max_steps=31)
+    ran = []
+
+    def recording(name, original):
+        def record(*args, **kwargs):
+            ran.append(name)
+            return original(*args, **kwargs)
+
+        return record
+
+    for name in ("train_sft", "train_dpo", "sample", "train_tokenizer"):
+        monkeypatch.setattr(task_module, name, recording(name, getattr(task_module, name)))
+    run_all(SentimentTask(changed, tmp_path, progress_bar=False))
+    assert ran == ["train_sft", "sample", "train_dpo"]
+
+
+def test_the_hub_code_path_runs_on_local_copies(
+    tmp_path, saved_run_inputs, tiny_classifier_dir, tiny_tokenizer, make_tiny_gpt2
+):
+    """The gpt2 / paper presets' path: a pretrained model and tokenizer by path, an IMDb-format DatasetDict,
+    a sequence-classifier reward by path. Nothing here is specific to a test: only the names point locally."""
+    import datasets
+
+    reviews = [
+        f"The film number {index} was {'great fun' if index % 2 else 'a dull mess'} overall." for index in range(80)
+    ]
+    splits = {"train": reviews[:60], "test": reviews[60:]}
+    imdb = tmp_path / "imdb"
+    datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict({"text": texts, "label": [index % 2 for index in range(len(texts))]})
+         for split, texts in splits.items()}
+    ).save_to_disk(str(imdb))  # fmt: skip
+    config = toy(preset("gpt2"))
+    config.corpus, config.model, config.reward = str(imdb), saved_run_inputs["model"], tiny_classifier_dir
+    config.num_pair_prompts, config.num_eval_prompts = 12, 6
+    _, _, dpo_dir, evaluation = run_all(SentimentTask(config, tmp_path / "run", progress_bar=False))
+    assert (dpo_dir / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "tokenizer").exists()  # the pretrained model's tokenizer, not a trained one
+    assert evaluation.num_samples == 6 and 0.0 <= evaluation.mean_reward <= 1.0
