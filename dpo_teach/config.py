@@ -62,14 +62,16 @@ class TaskConfig:
 
 
 def _tiny() -> TaskConfig:
+    """Sized for a 2-core CPU: SFT in about 2-3 minutes, DPO in about 1. The paper's DPO settings (RMSprop at lr 1e-6
+    for a pretrained GPT-2) barely move a 4-layer model trained from scratch in 200 steps; AdamW at 3e-4 does."""
     sampling = SamplingConfig(max_new_tokens=32, batch_size=128)
     sft = SFTConfig(
-        max_steps=1_200, batch_size=32, learning_rate=2e-3, warmup_steps=100, completion_only=False, max_length=128,
-        max_prompt_length=64, eval_every=400, eval_batch_size=64, save_every=400,
+        max_steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=50, completion_only=False, max_length=128,
+        max_prompt_length=64, eval_every=200, eval_batch_size=64, save_every=200,
     )  # fmt: skip
     dpo = DPOConfig(
-        max_steps=150, batch_size=32, optimizer="adamw", learning_rate=5e-5, warmup_steps=10, max_length=64,
-        max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=50,
+        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=3e-4, warmup_steps=10, max_length=64,
+        max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=100,
     )  # fmt: skip
     return TaskConfig(preset="tiny", sft=sft, sampling=sampling, dpo=dpo)
 

@@ -13,15 +13,35 @@ scheduler and every RNG continue exactly where they stopped, with FSDP and DeepS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
 
 PREFIX = "step-"
 TEMPORARY_PREFIX = ".incomplete-"
+
+
+def _is_not_the_tied_weights_warning(record: logging.LogRecord) -> bool:
+    return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_tied_weights() -> Iterator[None]:
+    """Drop accelerate's "Removed shared tensor" warning while saving: GPT-2 ties its input and output
+    embeddings, safetensors stores the shared tensor once, and loading restores the tie (resume is tested
+    to reproduce the weights bit for bit). Printed at every checkpoint, it would only be noise."""
+    logger = logging.getLogger("accelerate.utils.other")
+    logger.addFilter(_is_not_the_tied_weights_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_is_not_the_tied_weights_warning)
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -43,7 +63,8 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: str 
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)  # left by a run killed while writing
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary / "state"))
+    with _quiet_tied_weights():
+        accelerator.save_state(str(temporary / "state"))
     state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP / DeepSpeed
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(temporary / "policy", state_dict=state_dict)
