@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from dpo_teach.data import IGNORE_INDEX, collate_preference, load_examples, tokenize_preference
+from dpo_teach.sentiment.models import train_tokenizer
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.loop import micro_batch_indices
 
@@ -61,7 +62,6 @@ COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge}
 NOISY = 1.25
 """A variant whose slowest round median exceeds its fastest by this factor is flagged: the machine was busy."""
 MAX_GRAD_NORM = 10.0  # the DPO authors' code, as DPOConfig
-END_OF_TEXT = "<|endoftext|>"
 
 
 @dataclass
@@ -145,21 +145,12 @@ def synthetic_pairs(num_pairs: int, seed: int) -> list[dict]:
 
 def build_workspace(config: BenchConfig, workspace: Path) -> dict:
     """Save a BPE tokenizer, a seeded GPT-2, the pairs and the config to ``workspace``; returns the model's sizes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
     from transformers.utils import logging
 
     pairs = synthetic_pairs(config.num_pairs, config.seed)
     corpus = synthetic_pairs(16 * config.num_pairs, config.seed + 1) + pairs  # enough words to reach the vocabulary
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    bpe = trainers.BpeTrainer(vocab_size=config.vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
-                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    backend.train_from_iterator((pair["prompt"] + pair[key] for pair in corpus for key in ("chosen", "rejected")), bpe)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
-    )
+    texts = (pair["prompt"] + pair[key] for pair in corpus for key in ("chosen", "rejected"))
+    tokenizer = train_tokenizer(texts, config.vocab_size)
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tokenizer), n_positions=config.max_length, n_embd=config.n_embd, n_layer=config.n_layer,

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from dpo_teach.logprobs import IGNORE_INDEX
+
 if TYPE_CHECKING:
     import datasets
 
-IGNORE_INDEX = -100
 """Label of positions the loss ignores (prompt and padding); PyTorch's cross-entropy default."""
 
 FIELDS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}

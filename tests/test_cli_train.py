@@ -53,3 +53,17 @@ def test_a_bad_value_names_the_field():
         cli.main(["dpo", "--beta", "-1"])
     with pytest.raises(SystemExit):
         cli.main(["dpo", "--precompute-ref", "maybe"])
+
+
+def test_yaml_numbers_are_read_as_the_field_types(tmp_path):
+    """YAML 1.1 reads `1e-6` as a string and `1` as an int: both become the field's type, as on the command line."""
+    from dpo_teach.train.options import config_from_arguments
+
+    config_path = tmp_path / "dpo.yaml"
+    config_path.write_text("learning_rate: 1e-6\nbeta: 1\nmax_steps: '20'\nprecompute_ref: 'false'\n")
+    args = cli.build_parser().parse_args(["dpo", "--config", str(config_path)])
+    config = config_from_arguments(DPOConfig, args)
+    assert (config.learning_rate, config.beta, config.max_steps, config.precompute_ref) == (1e-6, 1.0, 20, False)
+    config_path.write_text("max_steps: many\n")
+    with pytest.raises(ValueError, match=r"dpo\.yaml: max_steps: invalid literal"):
+        config_from_arguments(DPOConfig, cli.build_parser().parse_args(["dpo", "--config", str(config_path)]))

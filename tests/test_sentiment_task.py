@@ -95,3 +95,32 @@ def test_the_hub_code_path_runs_on_local_copies(
     assert (dpo_dir / "model.safetensors").exists()
     assert not (tmp_path / "run" / "tokenizer").exists()  # the pretrained model's tokenizer, not a trained one
     assert evaluation.num_samples == 6 and 0.0 <= evaluation.mean_reward <= 1.0
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """SFT stopped at step 20 (checkpoints every 15): the next call resumes at step 15 instead of starting over."""
+    from dpo_teach.train import sft as sft_module
+
+    config = toy(preset("tiny"))
+    original, calls = sft_module.SFTObjective.__call__, []
+
+    def interrupted(self, model, batch):
+        calls.append(1)
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(sft_module.SFTObjective, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SentimentTask(config, tmp_path, progress_bar=False).sft_policy()
+    monkeypatch.undo()
+    final = SentimentTask(config, tmp_path, progress_bar=False).sft_policy()
+    assert "resuming from step 15" in capsys.readouterr().out
+    assert (final / "model.safetensors").exists()
+    records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "loss" in record] == list(range(1, 31))  # each step logged once
+
+
+def test_a_run_name_cannot_overwrite_another_stage(tmp_path):
+    with pytest.raises(ValueError, match="'sft' is the directory of another stage"):
+        SentimentTask(toy(preset("tiny")), tmp_path, progress_bar=False).dpo_policy(name="sft")

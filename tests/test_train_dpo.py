@@ -265,3 +265,24 @@ def test_every_logged_metric_is_documented(tmp_path, tiny_pairs, run):
     names = {name for record in read_metrics(tmp_path / "documented") for name in record} - {"step"}
     for name in names:
         assert f"`{name.removeprefix('eval/')}`" in documented, name
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny_pairs, run):
+    """A run that would continue a checkpoint of different training names the fields that differ; fields that do
+    not change the updates (max_steps, evaluation, saving) may change, which is how a finished run is extended."""
+    run("run", tiny_pairs, max_steps=2, save_every=2)
+    with pytest.raises(ValueError, match=r"step-00000002 was written by a run with other settings \(beta: 0.1 -> 0.5"):
+        run("run", tiny_pairs, max_steps=4, save_every=2, beta=0.5)
+    run("run", tiny_pairs, max_steps=4, save_every=2, eval_every=0)  # extends the run from step 2
+    assert [record["step"] for record in train_records(tmp_path / "run")] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="resume: false, but .* holds checkpoints of an earlier run"):
+        run("run", tiny_pairs, max_steps=4, resume=False)
+
+
+def test_simpo_runs_without_any_reference(tiny_pairs, monkeypatch, run):
+    """SimPO is reference-free: no reference pass, no reference model; and it is defined on per-token means."""
+    monkeypatch.setattr(dpo_module, "_reference_model", lambda *_: pytest.fail("SimPO built a reference"))
+    monkeypatch.setattr(dpo_module, "reference_logps", lambda *_, **__: pytest.fail("SimPO ran a reference pass"))
+    run("simpo", tiny_pairs, loss="simpo", average_logps=True, max_steps=2, precompute_ref=True)
+    with pytest.raises(ValueError, match="average_logps: must be true for loss='simpo'"):
+        DPOConfig(loss="simpo")

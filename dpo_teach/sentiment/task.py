@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from functools import cached_property
 from pathlib import Path
 
@@ -33,7 +34,11 @@ from dpo_teach.train.models import load_causal_lm, load_tokenizer
 from dpo_teach.train.sft import train_sft
 
 HELD_OUT_PAIR_FRACTION = 0.05
-"""Share of the pair prompts whose pairs are held out for DPO's evaluation (loss, reward accuracy, margins)."""
+"""The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
+evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
+STAGE_VERSION = 1
+"""Part of every stage's inputs: bump it when a change to this package changes what a stage produces."""
+RESERVED_NAMES = ("tokenizer", "sft", "pairs")
 
 
 class Stage:
@@ -41,6 +46,7 @@ class Stage:
 
     def __init__(self, directory: Path, inputs: dict) -> None:
         self.directory = directory
+        inputs = {"version": STAGE_VERSION, **inputs}
         self.key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         self.inputs = inputs
         self.record = directory / "stage.json"
@@ -52,6 +58,12 @@ class Stage:
     def done(self) -> bool:
         recorded = self._recorded()
         return recorded.get("key") == self.key and recorded.get("done", False)
+
+    @staticmethod
+    def output_id(directory: Path) -> str:
+        """A fresh id written when the stage in ``directory`` finished: later stages key on it, so a stage
+        computed again (even from the same inputs) invalidates everything downstream of it."""
+        return json.loads((directory / "stage.json").read_text())["output"]
 
     def start(self) -> None:
         """Keep the directory when it holds an interrupted run of the same inputs; otherwise empty it."""
@@ -65,7 +77,8 @@ class Stage:
     def _write(self, done: bool) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.record.with_suffix(".incomplete")
-        temporary.write_text(json.dumps({"key": self.key, "done": done, "inputs": self.inputs}, indent=2, default=str))
+        record = {"key": self.key, "done": done, "output": uuid.uuid4().hex if done else None, "inputs": self.inputs}
+        temporary.write_text(json.dumps(record, indent=2, default=str))
         os.replace(temporary, self.record)
 
 
@@ -156,8 +169,9 @@ class SentimentTask:
         """``train.jsonl`` and ``eval.jsonl`` of labelled pairs: K SFT samples per prompt, every pair of them."""
         config = self.config
         sft_dir = self.sft_policy()
-        inputs = {"sft": json.loads((sft_dir.parent / "stage.json").read_text())["key"], "prompts": self.pair_prompts}
+        inputs = {"sft": Stage.output_id(sft_dir.parent), "prompts": self.pair_prompts}
         inputs |= {"samples_per_prompt": config.samples_per_prompt, "sampling": dataclasses.asdict(config.sampling)}
+        inputs["held_out_fraction"] = HELD_OUT_PAIR_FRACTION
         inputs["reward"] = [config.reward, config.reward_positive_label, config.reward_output]
         stage = Stage(self.run_dir / "pairs", inputs)
         train_path, eval_path = stage.directory / "train.jsonl", stage.directory / "eval.jsonl"
@@ -181,9 +195,11 @@ class SentimentTask:
     def dpo_policy(self, name: str = "dpo", **overrides) -> Path:
         """Directory of a policy trained with ``config.dpo`` (``overrides`` replace its fields, e.g. beta) on the
         pairs, starting from the SFT policy, which is also its reference."""
+        if name in RESERVED_NAMES:
+            raise ValueError(f"name: {name!r} is the directory of another stage; choose another name")
         train_path, eval_path = self.preference_pairs()
         dpo = dataclasses.replace(self.config.dpo, **overrides)
-        inputs = {"pairs": json.loads((train_path.parent / "stage.json").read_text())["key"]}
+        inputs = {"pairs": Stage.output_id(train_path.parent)}
         inputs["dpo"] = _fields(dpo, "output_dir", "progress_bar")
         stage = Stage(self.run_dir / name, inputs)
         if not stage.done:

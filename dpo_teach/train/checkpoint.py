@@ -8,7 +8,8 @@ A checkpoint is a directory ``OUTPUT/checkpoints/step-00000100`` holding
 
 It is written under a temporary name and renamed when complete (a rename is atomic on POSIX), so
 a directory named ``step-*`` is always whole. Resuming loads ``state/``: the optimizer, the
-scheduler and every RNG continue exactly where they stopped, with FSDP and DeepSpeed too.
+scheduler and every RNG continue exactly where they stopped (DDP and FSDP; the loop refuses DeepSpeed,
+see ``dpo_teach.train.loop``).
 """
 
 from __future__ import annotations
@@ -65,15 +66,18 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: str 
     accelerator.wait_for_everyone()
     with _quiet_tied_weights():
         accelerator.save_state(str(temporary / "state"))
-    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP / DeepSpeed
+    accelerator.wait_for_everyone()  # every process has written its RNG state (and shards) before the rename
+    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(temporary / "policy", state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(temporary / "policy")
         (temporary / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        replaced = final.with_name(TEMPORARY_PREFIX + "replaced-" + final.name)
+        if final.exists():  # the same step saved again (a resumed run): set the old one aside, never lose both
+            os.replace(final, replaced)
         os.replace(temporary, final)
+        shutil.rmtree(replaced, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -86,11 +90,38 @@ def prune_checkpoints(accelerator: Accelerator, output_dir: str | Path, keep: in
         shutil.rmtree(old)
 
 
-def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | Path) -> dict | None:
-    """Restore the newest complete checkpoint into the prepared objects; returns its trainer state, or None."""
+def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | Path, config: dict) -> dict | None:
+    """Restore the newest complete checkpoint into the prepared objects; returns its trainer state, or None.
+
+    The checkpoint must come from a run with the same ``config`` up to :data:`RESUMABLE_CHANGES`.
+    """
     checkpoints = complete_checkpoints(output_dir)
     if not checkpoints:
         return None
     latest = checkpoints[-1]
+    trainer_state = json.loads((latest / "trainer_state.json").read_text())
+    check_resumable(trainer_state, config, str(latest))
     accelerator.load_state(str(latest / "state"))
-    return json.loads((latest / "trainer_state.json").read_text())
+    return trainer_state
+
+
+RESUMABLE_CHANGES = frozenset(
+    {"output_dir", "max_steps", "eval_data", "eval_every", "eval_batch_size", "save_every", "keep_checkpoints",
+     "log_with", "resume", "progress_bar"}
+)  # fmt: skip
+"""Config fields a resumed run may change: they do not alter the updates already made or still to come."""
+
+
+def check_resumable(trainer_state: dict, config: dict, checkpoint: str) -> None:
+    """Raise ValueError naming every field of ``config`` that differs from the checkpoint's and matters to training
+    (the data, the model, the optimizer, the loss), so a resumed run never silently continues a different one."""
+    saved = trainer_state["config"]
+    changed = sorted(
+        name for name in config if name not in RESUMABLE_CHANGES and saved.get(name, config[name]) != config[name]
+    )
+    if changed:
+        details = ", ".join(f"{name}: {saved[name]!r} -> {config[name]!r}" for name in changed)
+        raise ValueError(
+            f"{checkpoint} was written by a run with other settings ({details}); resuming would continue that run. "
+            "Use another output_dir, or delete its checkpoints/ to start over."
+        )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dpo_teach.data import TRUNCATION_MODES
 from dpo_teach.losses import PREFERENCE_LOSSES
 
 OPTIMIZERS = ("rmsprop", "adamw")
 DTYPES = ("float32", "bfloat16", "float16")
-TRUNCATION_MODES = ("keep_end", "keep_start")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -160,6 +160,11 @@ class DPOConfig(TrainConfig):
         )
         _require(0 <= self.label_smoothing < 0.5, "label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         _require(self.nll_weight >= 0, "nll_weight", f"must be >= 0, got {self.nll_weight}")
+        _require(
+            self.loss != "simpo" or self.average_logps,
+            "average_logps",
+            "must be true for loss='simpo' (SimPO is defined on per-token mean log-probs)",
+        )
         _require(
             self.reference_dtype in ("", *DTYPES),
             "reference_dtype",

@@ -77,6 +77,9 @@ class DPOObjective:
         """log pi_ref(y_w | x), log pi_ref(y_l | x), each ``(B,)``: from the batch, or the online reference."""
         if "ref_chosen_logps" in batch:
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        if self.config.loss == "simpo":  # reference-free: simpo_loss ignores these
+            zeros = torch.zeros(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)
+            return zeros, zeros
         if self.reference is None:
             raise ValueError("the batch has no precomputed reference log-probs and there is no reference model")
         with self.accelerator.autocast():
@@ -187,8 +190,8 @@ def train_dpo(
     )
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
 
-    reference = _reference_model(config, model, accelerator.device)
-    if config.precompute_ref:
+    reference = None if config.loss == "simpo" else _reference_model(config, model, accelerator.device)
+    if config.precompute_ref and reference is not None:
         cache_dir = Path(config.output_dir) / "reference"
         for examples, what in ((train, "train"), (held_out, "eval")):
             if not examples:

@@ -9,8 +9,9 @@ for DPO, tokens for SFT) and the summed loss with per-example metrics. The loop 
 - gradient accumulation with the right scaling: every micro-batch's summed loss is divided by the
   number of items in the whole optimizer step, over all processes (times the process count, since
   DDP averages gradients). The update therefore equals one large batch's, whatever the split;
-- device placement, mixed precision, DDP / FSDP / DeepSpeed: ``accelerate`` (run under
-  ``accelerate launch``); gradients are synchronized only on the last micro-batch;
+- device placement, mixed precision, DDP / FSDP: ``accelerate`` (run under ``accelerate launch``);
+  gradients are synchronized only on the last micro-batch. DeepSpeed is refused: it steps the
+  optimizer inside ``backward``, before the loop could check the loss;
 - gradient clipping, linear warmup, metrics gathered over processes (means of per-example values,
   so an accuracy cannot exceed 1), a tqdm bar, ``metrics.jsonl`` and accelerate's trackers;
 - a checkpoint every ``save_every`` steps (``dpo_teach.train.checkpoint``) and resume from the
@@ -31,10 +32,15 @@ from typing import Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from dpo_teach.train.checkpoint import load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from dpo_teach.train.checkpoint import (
+    complete_checkpoints,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.sharded import to_device
 
@@ -161,6 +167,10 @@ def train_loop(
     ``collate`` turns a list of examples into a batch of tensors; ``evaluate(model)`` runs on every
     process and returns global held-out metrics (logged with an ``eval/`` prefix).
     """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed steps its optimizer inside accelerator.backward whenever gradients sync; this loop accumulates
+        # by hand and checks the loss before the update, so under DeepSpeed it would update every micro-batch.
+        raise ValueError("DeepSpeed is not supported by this loop; use DDP or FSDP (accelerate config)")
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
     optimizer = build_optimizer(model, config)
@@ -172,7 +182,15 @@ def train_loop(
         # is restored instead, and the loop runs it under accelerator.autocast(); dpo_teach.logprobs upcasts
         # only the chunks it needs.
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    resumed = load_latest_checkpoint(accelerator, output_dir) if config.resume else None
+    if config.resume:
+        resumed = load_latest_checkpoint(accelerator, output_dir, asdict(config))
+    elif complete_checkpoints(output_dir):
+        raise ValueError(
+            f"resume: false, but {output_dir / 'checkpoints'} holds checkpoints of an earlier run, which would be "
+            "mixed with this one's; use another output_dir or delete them"
+        )
+    else:
+        resumed = None
     start = resumed["step"] if resumed else 0
     log = MetricsLog(accelerator, output_dir, start)
     accelerator.init_trackers("dpo-teach", config=asdict(config))
@@ -222,14 +240,15 @@ def train_loop(
             )
         max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm) and accelerator.scaler is None:
             raise FloatingPointError(
                 f"the gradient norm is {grad_norm} at step {step + 1} (loss {loss}); stopped before updating the "
                 f"weights. Last good checkpoint: {last_checkpoint}"
             )
         learning_rate = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        optimizer.step()  # fp16: the gradient scaler skips a step whose gradients overflowed and lowers its scale
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         total_tokens = accelerator.reduce(torch.tensor(float(tokens), device=accelerator.device), reduction="sum")
         record = {"step": step + 1, "loss": loss}

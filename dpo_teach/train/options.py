@@ -45,6 +45,10 @@ def _parse_bool(text: str) -> bool:
 _PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool}
 
 
+def _type_name(field: dataclasses.Field) -> str:
+    return field.type if isinstance(field.type, str) else field.type.__name__
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
     """Add ``--config FILE`` and one ``--field-name`` option per field (default: unset, so the file or the
     dataclass default applies)."""
@@ -52,7 +56,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
     docs = field_docs(config_class)
     group = parser.add_argument_group(f"{config_class.__name__} fields")
     for field in dataclasses.fields(config_class):
-        type_name = field.type if isinstance(field.type, str) else field.type.__name__
+        type_name = _type_name(field)
         group.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
@@ -77,6 +81,14 @@ def config_from_arguments(config_class: type, args: argparse.Namespace):
         unknown = sorted(set(loaded) - known)
         if unknown:
             raise ValueError(f"{args.config}: unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        values.update(loaded)
+        types = {field.name: _type_name(field) for field in dataclasses.fields(config_class)}
+        for name, value in loaded.items():
+            # YAML reads 1e-6 (no dot) as a string and 1 as an int; convert both as the command line would
+            if isinstance(value, str) and types[name] != "str" or isinstance(value, int) and types[name] == "float":
+                try:
+                    value = _PARSERS[types[name]](str(value))
+                except (ValueError, argparse.ArgumentTypeError) as error:
+                    raise ValueError(f"{args.config}: {name}: {error}") from None
+            values[name] = value
     values.update({name: getattr(args, name) for name in known if getattr(args, name) is not None})
     return config_class(**values)

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from dpo_teach.data import collate_sft, load_and_tokenize
-from dpo_teach.logprobs import completion_logps
+from dpo_teach.logprobs import IGNORE_INDEX, completion_logps
 from dpo_teach.train.config import SFTConfig
 from dpo_teach.train.loop import StepOutput, make_accelerator, train_loop
 from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
@@ -32,7 +32,7 @@ class SFTObjective:
     """Summed negative log-likelihood of a micro-batch; ``num_items`` counts scored tokens."""
 
     def num_items(self, batch: Batch) -> int:
-        return int((batch["labels"][:, 1:] != -100).sum())  # the first position is never predicted
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the first position is never predicted
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> StepOutput:
         logps, _ = completion_logps(model, batch)
