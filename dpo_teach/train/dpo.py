@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpo_teach.data import collate_preference, load_and_tokenize
+from dpo_teach.data import collate_preference
 from dpo_teach.logprobs import concatenated_logps
 from dpo_teach.losses import get_loss, nll_loss
 from dpo_teach.train.config import DPOConfig
-from dpo_teach.train.loop import StepOutput, make_accelerator, train_loop
-from dpo_teach.train.models import DTYPES, disable_dropout, load_causal_lm, load_tokenizer
+from dpo_teach.train.loop import StepOutput, train_loop
+from dpo_teach.train.models import DTYPES, load_causal_lm
 from dpo_teach.train.reference import reference_logps
+from dpo_teach.train.setup import prepare_run
 from dpo_teach.train.sharded import map_examples
 
 Batch = dict[str, torch.Tensor]
@@ -139,14 +140,6 @@ def evaluate_pairs(
     return dict(zip(objective.metric_names(), table.mean(dim=0).tolist(), strict=True))
 
 
-def _tokenized(config: DPOConfig, source, tokenizer) -> list[dict]:
-    """Validated, tokenized pairs of ``source`` (a list, a ``datasets.Dataset`` or a path); [] when none given."""
-    return load_and_tokenize(
-        source, "preference", tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode,
-        skip_invalid=config.skip_invalid, progress_bar=config.progress_bar,
-    )  # fmt: skip
-
-
 def _reference_model(config: DPOConfig, policy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The reference: the initial policy itself (precompute), a frozen copy of it (online), or a loaded model."""
     if config.reference:
@@ -174,20 +167,8 @@ def train_dpo(
     ``model``, ``tokenizer`` and the examples default to ``config.model`` and ``config.train_data`` /
     ``config.eval_data``; examples are a list of dicts, a ``datasets.Dataset``, or a JSONL path.
     """
-    accelerator = accelerator or make_accelerator(config)
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    model = model or load_causal_lm(config.model, config.model_dtype)
-    if config.disable_dropout:
-        disable_dropout(model)
-    model.to(accelerator.device)
-    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer)
-    if not train:
-        raise ValueError("train_data: no training pairs; give a JSONL file or a save_to_disk directory")
-    held_out = (
-        _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer)
-        if config.eval_every
-        else []
-    )
+    run = prepare_run(config, "preference", model, tokenizer, train_examples, eval_examples, accelerator)
+    accelerator, model, tokenizer, train, held_out = run.accelerator, run.model, run.tokenizer, run.train, run.held_out
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
 
     reference = None if config.loss == "simpo" else _reference_model(config, model, accelerator.device)

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpo_teach.data import collate_sft, load_and_tokenize
+from dpo_teach.data import collate_sft
 from dpo_teach.logprobs import IGNORE_INDEX, completion_logps
 from dpo_teach.train.config import SFTConfig
-from dpo_teach.train.loop import StepOutput, make_accelerator, train_loop
-from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
+from dpo_teach.train.loop import StepOutput, train_loop
+from dpo_teach.train.setup import prepare_run
 from dpo_teach.train.sharded import map_examples
 
 Batch = dict[str, torch.Tensor]
@@ -60,19 +60,6 @@ def evaluate_nll(
     return {"loss": loss, "perplexity": math.exp(loss)}
 
 
-def _tokenized(config: SFTConfig, source, tokenizer) -> list[dict]:
-    """Validated, tokenized examples of ``source``; [] when none given. Without ``completion_only`` every token
-    after the first is scored, the prompt's too."""
-    tokenized = load_and_tokenize(
-        source, "sft", tokenizer, config.max_length, config.max_prompt_length, config.truncation_mode,
-        skip_invalid=config.skip_invalid, progress_bar=config.progress_bar,
-    )  # fmt: skip
-    if not config.completion_only:
-        for example in tokenized:
-            example["labels"] = list(example["input_ids"])
-    return tokenized
-
-
 def train_sft(
     config: SFTConfig,
     model: torch.nn.Module | None = None,
@@ -86,19 +73,11 @@ def train_sft(
     Examples are ``{"prompt", "completion"}`` or ``{"text"}`` dicts (a list, a ``datasets.Dataset``
     or a JSONL path); ``model`` and ``tokenizer`` default to ``config.model``.
     """
-    accelerator = accelerator or make_accelerator(config)
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    model = model or load_causal_lm(config.model, config.model_dtype)
-    if config.disable_dropout:
-        disable_dropout(model)
-    train = _tokenized(config, train_examples if train_examples is not None else config.train_data, tokenizer)
-    if not train:
-        raise ValueError("train_data: no training examples; give a JSONL file or a save_to_disk directory")
-    held_out = (
-        _tokenized(config, eval_examples if eval_examples is not None else config.eval_data, tokenizer)
-        if config.eval_every
-        else []
-    )
+    run = prepare_run(config, "sft", model, tokenizer, train_examples, eval_examples, accelerator)
+    accelerator, model, tokenizer, train, held_out = run.accelerator, run.model, run.tokenizer, run.train, run.held_out
+    if not config.completion_only:  # every token after the first is scored, the prompt's too
+        for example in train + held_out:
+            example["labels"] = list(example["input_ids"])
     collate = partial(collate_sft, pad_token_id=tokenizer.pad_token_id)
     evaluate = (
         partial(
