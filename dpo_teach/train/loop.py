@@ -208,6 +208,7 @@ def train_loop(
         total=config.max_steps,
         initial=start,
         desc=type(objective).__name__,
+        mininterval=1.0,  # in Jupyter every redraw is a message; thousands of them can overflow the kernel's queue
         disable=not (config.progress_bar and accelerator.is_main_process),
     )
     for step in range(start, config.max_steps):
@@ -263,7 +264,7 @@ def train_loop(
         )
         log.write(record)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # redrawn at most once a second (mininterval)
         finished = step + 1 == config.max_steps
         if evaluate is not None and config.eval_every and ((step + 1) % config.eval_every == 0 or finished):
             with accelerator.autocast():
