@@ -209,9 +209,14 @@ class SentimentTask:
             stage.finish()
         return stage.directory / "final"
 
+    @cached_property
+    def reference(self) -> torch.nn.Module:
+        """The SFT policy loaded once: pi_ref of every evaluation (the frontier evaluates many checkpoints)."""
+        return self.load_policy(self.sft_policy())
+
     def evaluate(self, policy_dir: str | Path, num_samples_per_prompt: int = 1) -> Evaluation:
         """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts."""
         return evaluate(
-            self.load_policy(policy_dir), self.load_policy(self.sft_policy()), self.tokenizer, self.eval_prompts,
+            self.load_policy(policy_dir), self.reference, self.tokenizer, self.eval_prompts,
             self.reward, self.config.sampling, num_samples_per_prompt, self.progress_bar,
         )  # fmt: skip
