@@ -3,12 +3,12 @@
 ``tiny`` runs everything offline on a CPU in minutes: a synthetic review corpus, a BPE tokenizer and
 a small GPT-2 trained here, VADER as the reward. ``gpt2`` and ``paper`` use the Hub (GPT-2, IMDb,
 the paper's sentiment classifier) and the paper's hyper-parameters (DPO paper Sec. 6.1, App. B-C).
-The code that runs a preset is the same for all three (``dpo_teach.sentiment.task``).
+The code that runs a preset is the same for all three (``dpo_teach.frontier.task``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dpo_teach.sentiment.models import TinyGPT2
 from dpo_teach.sentiment.sampling import SamplingConfig
@@ -59,6 +59,17 @@ class TaskConfig:
     """Sampling of completions (pairs and evaluation): pure ancestral sampling, so KL estimates are unbiased."""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     """DPO on the pairs; output_dir is set per run."""
+    dpo_betas: tuple[float, ...] = (0.05, 0.1, 1.0, 5.0)
+    """Frontier: one DPO run per beta (the other DPO fields come from ``dpo``)."""
+    ppo_target_kls: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0)  # paper Sec. 6.1
+    """Frontier: one PPO run per target KL (nats per completion) with the ground-truth reward, and one with the
+    reward model; the adaptive KL controller steers each run toward its target."""
+    unlikelihood_alphas: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)  # issue 5, after the paper's Sec. 6 baselines
+    """Frontier: one Unlikelihood run per weight alpha of its unlikelihood term."""
+    preferred_ft: SFTConfig = field(default_factory=SFTConfig)
+    """Frontier: Preferred-FT, supervised fine-tuning of the SFT policy on the chosen completions."""
+    frontier_eval_every: int = 100  # paper Sec. 6.1: checkpoints evaluated every 100 training steps
+    """Frontier: evaluate every run's policy every this many trainer steps (and at its last step)."""
 
 
 def _tiny() -> TaskConfig:
@@ -73,7 +84,13 @@ def _tiny() -> TaskConfig:
         max_steps=200, batch_size=32, optimizer="adamw", learning_rate=3e-4, warmup_steps=10, max_length=64,
         max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=100,
     )  # fmt: skip
-    return TaskConfig(preset="tiny", sft=sft, sampling=sampling, dpo=dpo)
+    preferred_ft = SFTConfig(
+        max_steps=200, batch_size=32, learning_rate=3e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
+        eval_every=50, eval_batch_size=64,
+    )  # fmt: skip
+    return TaskConfig(
+        preset="tiny", sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft, frontier_eval_every=50
+    )
 
 
 def _hub(preset: str, model: str) -> TaskConfig:
@@ -85,9 +102,14 @@ def _hub(preset: str, model: str) -> TaskConfig:
         max_prompt_length=256, eval_every=100, eval_batch_size=32, save_every=100, mixed_precision="bf16",
     )  # fmt: skip
     dpo = DPOConfig(max_length=512, max_prompt_length=64, mixed_precision="bf16")  # paper App. B defaults
+    preferred_ft = SFTConfig(
+        max_steps=dpo.max_steps, batch_size=64, learning_rate=1e-6, optimizer="rmsprop", warmup_steps=150,
+        max_length=512, max_prompt_length=64, mixed_precision="bf16",
+    )  # fmt: skip  # App. B: these settings hold for every experiment unless noted otherwise
     return TaskConfig(
         preset=preset, corpus="stanfordnlp/imdb", model=model, reward="siebert/sentiment-roberta-large-english",
         sft=sft, sampling=sampling, num_pair_prompts=25_000, num_eval_prompts=1_000, dpo=dpo,
+        preferred_ft=preferred_ft,
     )  # fmt: skip
 
 
@@ -99,3 +121,17 @@ def preset(name: str) -> TaskConfig:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def quick(config: TaskConfig) -> TaskConfig:
+    """``config`` with every size of the sweep shrunk so the whole frontier runs in a few minutes on 2 CPU cores
+    (``dpo-teach frontier --quick``, run in CI). Same stages, methods and code; too small to read much into."""
+    config.num_train_reviews, config.num_test_reviews, config.sft_eval_reviews = 4_000, 400, 100
+    config.shape = TinyGPT2(n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    config.sft = replace(config.sft, max_steps=150, eval_every=75, save_every=75)
+    config.num_pair_prompts, config.num_eval_prompts = 300, 64
+    config.sampling = replace(config.sampling, max_new_tokens=24)
+    config.dpo = replace(config.dpo, max_steps=40, warmup_steps=5)
+    config.preferred_ft = replace(config.preferred_ft, max_steps=40, warmup_steps=5)
+    config.frontier_eval_every = 20
+    return config

@@ -53,3 +53,40 @@ def bandit_figure(
     solved_vs_optimal(right, optimum, solved)
     figure.suptitle("DPO on Bradley-Terry preferences recovers pi* = pi_ref exp(r / beta) / Z")
     return figure
+
+
+FRONTIER_STYLE = {
+    "dpo": ("DPO", "o", "tab:red"),
+    "ppo-gt": ("PPO-GT (ground-truth reward)", "s", "tab:blue"),
+    "ppo-rm": ("PPO (reward model)", "D", "tab:cyan"),
+    "preferred-ft": ("Preferred-FT", "^", "tab:green"),
+    "unlikelihood": ("Unlikelihood", "v", "tab:purple"),
+    "sft": ("SFT policy (pi_ref)", "*", "black"),
+}
+"""method -> (legend label, marker, colour) of the frontier figure, in the paper's spirit (Fig. 2 left)."""
+
+
+def frontier_figure(rows: list[dict], title: str = "reward-KL frontier") -> Figure:
+    """Expected reward against sequence KL(pi || pi_ref), one point per evaluated checkpoint (DPO paper Fig. 2 left).
+
+    ``rows`` are rows of ``results.csv`` (``dpo_teach.frontier.results``). Points of one run are joined by a
+    faint line in step order, so a reader can follow a run outwards from the SFT policy at KL 0.
+    """
+    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = figure.subplots()
+    for method, (label, marker, colour) in FRONTIER_STYLE.items():
+        points = [row for row in rows if row["method"] == method]
+        if not points:
+            continue
+        for run in dict.fromkeys(row["run"] for row in points):
+            path = sorted((row for row in points if row["run"] == run), key=lambda row: row["step"])
+            ax.plot([row["kl"] for row in path], [row["reward"] for row in path], color=colour, alpha=0.25, lw=1)
+        size = 160 if method == "sft" else 36
+        ax.scatter([row["kl"] for row in points], [row["reward"] for row in points], marker=marker, s=size,
+                   color=colour, label=label, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)  # fmt: skip
+    ax.set_xlabel("KL(pi || pi_ref), nats per completion")
+    ax.set_ylabel("mean ground-truth reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return figure

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from dpo_teach.config import preset
-from dpo_teach.sentiment import task as task_module
+from dpo_teach.frontier import task as task_module
+from dpo_teach.frontier.task import SentimentTask
 from dpo_teach.sentiment.models import TinyGPT2
-from dpo_teach.sentiment.task import SentimentTask
 
 
 def toy(config):

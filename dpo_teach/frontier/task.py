@@ -12,17 +12,14 @@ from its last checkpoint; changed inputs start it afresh. Every preset runs this
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
-import uuid
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from dpo_teach.config import TaskConfig
+from dpo_teach.frontier.stage import Stage
 from dpo_teach.sentiment.corpus import Review, imdb_corpus, synthetic_corpus
 from dpo_teach.sentiment.evaluate import Evaluation, evaluate
 from dpo_teach.sentiment.models import tiny_gpt2, train_tokenizer
@@ -36,50 +33,7 @@ from dpo_teach.train.sft import train_sft
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
-STAGE_VERSION = 1
-"""Part of every stage's inputs: bump it when a change to this package changes what a stage produces."""
 RESERVED_NAMES = ("tokenizer", "sft", "pairs")
-
-
-class Stage:
-    """A directory whose contents are a function of ``inputs``; ``stage.json`` records them and completion."""
-
-    def __init__(self, directory: Path, inputs: dict) -> None:
-        self.directory = directory
-        inputs = {"version": STAGE_VERSION, **inputs}
-        self.key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-        self.inputs = inputs
-        self.record = directory / "stage.json"
-
-    def _recorded(self) -> dict:
-        return json.loads(self.record.read_text()) if self.record.exists() else {}
-
-    @property
-    def done(self) -> bool:
-        recorded = self._recorded()
-        return recorded.get("key") == self.key and recorded.get("done", False)
-
-    @staticmethod
-    def output_id(directory: Path) -> str:
-        """A fresh id written when the stage in ``directory`` finished: later stages key on it, so a stage
-        computed again (even from the same inputs) invalidates everything downstream of it."""
-        return json.loads((directory / "stage.json").read_text())["output"]
-
-    def start(self) -> None:
-        """Keep the directory when it holds an interrupted run of the same inputs; otherwise empty it."""
-        if self._recorded().get("key") != self.key and self.directory.exists():
-            shutil.rmtree(self.directory)
-        self._write(done=False)
-
-    def finish(self) -> None:
-        self._write(done=True)
-
-    def _write(self, done: bool) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.record.with_suffix(".incomplete")
-        record = {"key": self.key, "done": done, "output": uuid.uuid4().hex if done else None, "inputs": self.inputs}
-        temporary.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(temporary, self.record)
 
 
 def _fields(config, *excluded: str) -> dict:
@@ -150,6 +104,32 @@ class SentimentTask:
 
     def load_policy(self, directory: str | Path) -> torch.nn.Module:
         return load_causal_lm(str(directory)).eval()
+
+    def sft_model(self) -> torch.nn.Module:
+        """A fresh copy of the SFT policy in train mode: the starting point of every method."""
+        return self.load_policy(self.sft_policy()).train()
+
+    def sft_id(self) -> str:
+        """Output id of the SFT stage (computing it first if needed)."""
+        return Stage.output_id(self.sft_policy().parent)
+
+    def upstream_ids(self, method: str) -> dict[str, str]:
+        """Output ids of the stages a method's run uses: the SFT policy always, the pairs unless it is PPO with the
+        ground-truth reward (which needs only prompts), and the reward model for PPO-RM."""
+        ids = {"sft": self.sft_id()}
+        if method != "ppo-gt":
+            ids["pairs"] = Stage.output_id(self.preference_pairs()[0].parent)
+        if method == "ppo-rm":
+            ids["reward_model"] = Stage.output_id(self.reward_model().parent)
+        return ids
+
+    def evaluation_inputs(self) -> dict:
+        """What an evaluation depends on besides the policy: prompts, sampling and the ground-truth reward."""
+        config = self.config
+        return {
+            "prompts": self.eval_prompts, "sampling": dataclasses.asdict(config.sampling),
+            "reward": [config.reward, config.reward_positive_label, config.reward_output],
+        }  # fmt: skip
 
     @cached_property
     def pair_prompts(self) -> list[str]:

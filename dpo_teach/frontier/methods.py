@@ -1,0 +1,96 @@
+"""The methods on the frontier (DPO paper Sec. 6.1, Fig. 2 left) and how each one is trained.
+
+Every method starts from the SFT policy, which is also its reference pi_ref:
+
+- **DPO(beta)**: the DPO loss on the preference pairs (``dpo_teach.train.dpo``);
+- **PPO-GT(target KL)**: PPO with the ground-truth reward, the paper's "oracle" upper baseline;
+- **PPO-RM(target KL)**: PPO with a Bradley-Terry reward model trained on the same pairs (RLHF);
+- **Preferred-FT**: supervised fine-tuning on the chosen completions only;
+- **Unlikelihood(alpha)**: likelihood of the chosen completion, unlikelihood of the rejected one.
+
+A :class:`Method` names one run; :func:`train_method` trains it to a given step, resuming from its
+checkpoints, so the sweep can stop at every evaluation step and continue the same run afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_teach.config import TaskConfig
+from dpo_teach.frontier.task import SentimentTask
+from dpo_teach.train.config import TrainConfig
+from dpo_teach.train.dpo import train_dpo
+from dpo_teach.train.sft import train_sft
+
+METHODS = ("dpo", "ppo-gt", "ppo-rm", "preferred-ft", "unlikelihood")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One run of the sweep: a method and the value of its hyper-parameter (none for Preferred-FT)."""
+
+    method: str
+    """One of :data:`METHODS`."""
+    parameter: str = ""
+    """Name of the swept hyper-parameter: 'beta' (DPO), 'target_kl' (PPO), 'alpha' (Unlikelihood)."""
+    value: float | None = None
+    """Its value."""
+
+    @property
+    def run(self) -> str:
+        """Directory name of the run, e.g. ``dpo-beta-0.1``."""
+        return self.method if self.value is None else f"{self.method}-{self.parameter}-{self.value:g}"
+
+
+def sweep_methods(config: TaskConfig) -> list[Method]:
+    """The runs of the sweep for ``config``, in the order they are trained."""
+    runs = [Method("dpo", "beta", beta) for beta in config.dpo_betas]
+    runs += [Method("ppo-gt", "target_kl", target) for target in config.ppo_target_kls]
+    runs += [Method("ppo-rm", "target_kl", target) for target in config.ppo_target_kls]
+    runs.append(Method("preferred-ft"))
+    runs += [Method("unlikelihood", "alpha", alpha) for alpha in config.unlikelihood_alphas]
+    return runs
+
+
+def _chosen_completions(path: Path) -> list[dict]:
+    """Preferred-FT's data: ``{"prompt", "completion"}`` with the chosen completion of every pair."""
+    pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"prompt": pair["prompt"], "completion": pair["chosen"]} for pair in pairs]
+
+
+def _dpo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+    config = dataclasses.replace(task.config.dpo, beta=method.value)
+
+    def train(config: TrainConfig) -> Path:
+        train_path, eval_path = task.preference_pairs()
+        return train_dpo(config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path))
+
+    return config, train
+
+
+def _preferred_ft(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+    def train(config: TrainConfig) -> Path:
+        train_path, eval_path = task.preference_pairs()
+        chosen, held_out = _chosen_completions(train_path), _chosen_completions(eval_path)
+        return train_sft(config, task.sft_model(), task.tokenizer, chosen, held_out)
+
+    return task.config.preferred_ft, train
+
+
+TRAINERS = {"dpo": _dpo, "preferred-ft": _preferred_ft}
+"""method -> (task, method) -> (its trainer config, a function training that config)."""
+
+
+def trainer(task: SentimentTask, method: Method, eval_every: int) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+    """The config of ``method``'s trainer, set to checkpoint at every evaluation step, and its train function."""
+    if method.method not in TRAINERS:
+        raise ValueError(f"method: unknown {method.method!r}; expected one of {sorted(TRAINERS)}")
+    config, train = TRAINERS[method.method](task, method)
+    config = dataclasses.replace(
+        config, save_every=eval_every, keep_checkpoints=1, progress_bar=task.progress_bar, resume=True
+    )
+    return config, train

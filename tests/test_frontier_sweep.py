@@ -1,0 +1,103 @@
+"""The frontier sweep at toy size: every method runs and is evaluated at its steps, results.csv and the figure are
+written, a finished sweep is reused, and an interrupted one continues without redoing finished work."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from test_frontier_task import toy
+
+from dpo_teach import cli, plots
+from dpo_teach.config import preset
+from dpo_teach.frontier import sweep
+from dpo_teach.frontier.methods import sweep_methods
+from dpo_teach.frontier.results import COLUMNS, load_results, summary_table
+
+TRAINER_FUNCTIONS = ("train_dpo", "train_sft")
+
+
+def toy_sweep(config=None):
+    """The toy task with every method of the sweep at one hyper-parameter value, each 3 steps, evaluated at 2 and 3."""
+    config = toy(config or preset("tiny"))
+    config.dpo_betas, config.frontier_eval_every = (0.5,), 2
+    config.ppo_target_kls, config.unlikelihood_alphas = (), ()  # their trainers are not in the sweep yet
+    config.preferred_ft = dataclasses.replace(
+        config.preferred_ft, max_steps=3, batch_size=2, eval_every=3, eval_batch_size=8, max_length=32,
+        max_prompt_length=12, warmup_steps=0, learning_rate=1e-3,
+    )  # fmt: skip
+    return config
+
+
+def test_evaluation_steps():
+    assert sweep.evaluation_steps(200, 50) == [50, 100, 150, 200]
+    assert sweep.evaluation_steps(130, 50) == [50, 100, 130]
+    assert sweep.evaluation_steps(3, 5) == [3]
+    with pytest.raises(ValueError, match="frontier_eval_every"):
+        sweep.evaluation_steps(10, 0)
+
+
+def test_the_sweep_writes_one_row_per_evaluated_checkpoint_and_is_reused(tmp_path, monkeypatch):
+    config = toy_sweep()
+    rows = sweep.run_frontier(config, tmp_path, progress_bar=False)
+    saved = load_results(tmp_path / "results.csv")
+    assert list(saved[0]) == list(COLUMNS)
+    assert [(row["run"], row["step"]) for row in saved] == [("sft", 0)] + [
+        (method.run, step) for method in sweep_methods(config) for step in (2, 3)
+    ]
+    assert [row["run"] for row in rows] == [row["run"] for row in saved]
+    sft = saved[0]
+    assert sft["kl"] == 0.0 and sft["samples"] == config.num_eval_prompts  # pi_ref against itself: exactly 0
+    assert all(row["kl"] > 0 and 0 <= row["reward"] <= 1 and row["reward_sem"] >= 0 for row in saved[1:])
+    assert all(row["samples"] == config.num_eval_prompts for row in saved)
+    run = sweep_methods(config)[0].run
+    assert (tmp_path / run / "samples" / "step-00000003.jsonl").exists()
+    assert all(f"{method.run} " in summary_table(saved) for method in sweep_methods(config))
+    plots.frontier_figure(saved).savefig(tmp_path / "frontier.png")
+
+    # a second sweep over the same directory trains and evaluates nothing
+    for target in [
+        *(f"dpo_teach.frontier.methods.{name}" for name in TRAINER_FUNCTIONS),
+        "dpo_teach.frontier.sweep.SentimentTask.evaluate",
+    ]:
+        monkeypatch.setattr(target, lambda *args, target=target, **kwargs: pytest.fail(f"{target} ran"))
+    assert sweep.run_frontier(config, tmp_path, progress_bar=False) == rows
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint_without_evaluating_again(tmp_path, monkeypatch, capsys):
+    """DPO killed in step 3, after its step-2 evaluation: the next sweep resumes training at step 2 and evaluates
+    only step 3."""
+    from dpo_teach.train import dpo as dpo_module
+
+    config = toy_sweep()
+    original_call, calls = dpo_module.DPOObjective.__call__, []
+
+    def interrupted(self, model, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_call(self, model, batch)
+
+    monkeypatch.setattr(dpo_module.DPOObjective, "__call__", interrupted)
+    task = sweep.SentimentTask(config, tmp_path, progress_bar=False)
+    method = sweep_methods(config)[0]
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_method(task, method, config.frontier_eval_every)
+    monkeypatch.undo()
+    evaluated = []
+    original_evaluate = sweep.SentimentTask.evaluate
+    monkeypatch.setattr(
+        sweep.SentimentTask, "evaluate", lambda self, path: evaluated.append(path) or original_evaluate(self, path)
+    )
+    capsys.readouterr()
+    rows = sweep.run_method(sweep.SentimentTask(config, tmp_path, progress_bar=False), method, 2)
+    assert "resuming from step 2" in capsys.readouterr().out
+    assert [row["step"] for row in rows] == [2, 3] and len(evaluated) == 1
+
+
+def test_the_cli_writes_the_table_and_the_figure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dpo_teach.config.quick", lambda config: toy_sweep(config))
+    assert cli.main(["frontier", "--preset", "tiny", "--quick", "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert "reward" in output and "KL (nats)" in output and f"wrote {tmp_path / 'results.csv'}" in output
