@@ -44,20 +44,11 @@ def _logsumexp(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return logits.to(dtype).logsumexp(dim=-1)
 
 
-def sequence_logps(
-    logits: torch.Tensor, labels: torch.Tensor, average: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum (or per-token mean) of completion-token log-probs, ``log pi(y | x) = sum_t log pi(y_t | x, y_<t)``.
-
-    ``logits`` ``(N, T, V)`` in any floating dtype (float32, bfloat16, float16, float64); ``labels``
-    ``(N, T)`` long, ``IGNORE_INDEX`` where a position is not scored. Logits at position t score the
-    label at t + 1, so ``labels[:, 0]`` is never scored (no position predicts it).
-
-    Returns ``(logps, token_counts)``, both ``(N,)``: ``logps`` in float32 (float64 if the logits are
-    float64) and differentiable with respect to ``logits``; ``token_counts`` long. With ``average``
-    the log-probs are per-token means, and a row without completion tokens raises ValueError (its
-    mean is 0 / 0); without it such a row has log-prob 0, the log-prob of the empty sequence.
-    """
+def _completion_token_logps(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The M scored positions of ``labels`` and their log-probs: ``(values (M,), rows (M,), positions (M,),
+    mask (N, T-1))``; the shared core of :func:`sequence_logps` and :func:`token_logps` (see their docstrings)."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
             f"logits must be (N, T, V) and labels (N, T) with the same N and T, "
@@ -87,9 +78,40 @@ def sequence_logps(
             normalizers.append(checkpoint(_logsumexp, chunk, dtype, use_reentrant=False))
         else:
             normalizers.append(_logsumexp(chunk, dtype))
-    token_logps = label_logits - torch.cat(normalizers)  # (M,) log pi(y_t | x, y_<t) = z_y - logsumexp(z)
+    values = label_logits - torch.cat(normalizers)  # (M,) log pi(y_t | x, y_<t) = z_y - logsumexp(z)
+    return values, rows, positions, mask
 
-    logps = torch.zeros(num_rows, dtype=dtype, device=logits.device).index_add(0, rows, token_logps)  # (N,)
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the labels, ``log pi(y_t | x, y_<t)``, and the mask of the scored positions.
+
+    ``logits`` ``(N, T, V)`` and ``labels`` ``(N, T)`` as in :func:`sequence_logps`, with the same fp32-safe,
+    chunked computation. Returns ``(token_logps, mask)``, both ``(N, T-1)``: entry ``[n, t]`` scores
+    ``labels[n, t + 1]``; ``token_logps`` is float32 (float64 for float64 logits), differentiable with respect
+    to ``logits``, and 0 where ``mask`` (bool) is False. Token-level losses such as unlikelihood
+    (``dpo_teach.losses.unlikelihood_loss``) need these values before they are summed.
+    """
+    values, rows, positions, mask = _completion_token_logps(logits, labels)
+    zeros = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)  # (N, T-1)
+    return zeros.index_put((rows, positions), values), mask
+
+
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum (or per-token mean) of completion-token log-probs, ``log pi(y | x) = sum_t log pi(y_t | x, y_<t)``.
+
+    ``logits`` ``(N, T, V)`` in any floating dtype (float32, bfloat16, float16, float64); ``labels``
+    ``(N, T)`` long, ``IGNORE_INDEX`` where a position is not scored. Logits at position t score the
+    label at t + 1, so ``labels[:, 0]`` is never scored (no position predicts it).
+
+    Returns ``(logps, token_counts)``, both ``(N,)``: ``logps`` in float32 (float64 if the logits are
+    float64) and differentiable with respect to ``logits``; ``token_counts`` long. With ``average``
+    the log-probs are per-token means, and a row without completion tokens raises ValueError (its
+    mean is 0 / 0); without it such a row has log-prob 0, the log-prob of the empty sequence.
+    """
+    values, rows, _, mask = _completion_token_logps(logits, labels)
+    logps = torch.zeros(logits.shape[0], dtype=values.dtype, device=logits.device).index_add(0, rows, values)  # (N,)
     token_counts = mask.sum(dim=-1)  # (N,)
     if not average:
         return logps, token_counts
