@@ -194,3 +194,130 @@ class SFTConfig(TrainConfig):
     """Clip the global gradient norm; 0 turns clipping off."""
     completion_only: bool = True
     """Score only completion tokens (prompt masked); False scores whole texts."""
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """PPO for language models (``dpo_teach.train.ppo``; each detail and its source in docs/ppo.md).
+
+    One step is one rollout (``batch_size`` prompts in a seeded order, one sampled completion each) followed by
+    ``ppo_epochs`` passes over it in ``num_minibatches`` shuffled minibatches, one optimizer update each.
+    Defaults quote their source: Ziegler et al. 2019 (the lm-human-preferences code: train_policy.py, and
+    launch.py for its sentiment runs), TRL's classic PPOConfig, CleanRL's ppo.py.
+
+    Prompts and the reward function are arguments of ``train_ppo`` and checkpoints are evaluated by the caller,
+    so these TrainConfig fields are unused: ``train_data``, ``eval_data``, ``skip_invalid``, ``max_length``,
+    ``max_prompt_length``, ``truncation_mode``, ``eval_every``, ``eval_batch_size``.
+    """
+
+    batch_size: int = 64  # Ziegler et al. 2019 (PpoHParams.batch_size)
+    """Rollouts (prompts, one completion each) per step, over all processes."""
+    learning_rate: float = 1e-5  # Ziegler et al. 2019's sentiment runs (ppo.lr), TRL's classic PPOConfig
+    """Learning rate of the policy and the value model (one optimizer over both)."""
+    optimizer: str = "adamw"  # Adam in Ziegler et al. 2019 and TRL; AdamW with weight_decay 0 is Adam
+    """'adamw' or 'rmsprop'."""
+    warmup_steps: int = 0  # TRL's classic PPOTrainer has no warmup
+    """Linear warmup over this many PPO steps (the learning rate changes once per step, not per update)."""
+    max_grad_norm: float = 1.0  # TRL's current PPOTrainer (transformers' TrainingArguments default)
+    """Clip the gradient norm of policy and value model together, at every update; 0 turns clipping off."""
+    max_new_tokens: int = 48  # dpo_teach.sentiment.sampling.SamplingConfig's: rollouts as long as evaluation's
+    """Longest completion in tokens (EOS included); a completion cut there is scored as it is, without a penalty."""
+    ppo_epochs: int = 4  # Ziegler et al. 2019 (noptepochs), TRL's classic PPOConfig
+    """Passes over each rollout."""
+    num_minibatches: int = 4  # CleanRL's ppo.py (Ziegler et al. 2019: 1 minibatch of 64 per GPU)
+    """Minibatches per pass; each holds batch_size / (num_minibatches * processes) sequences per process."""
+    clip_range: float = 0.2  # Ziegler et al. 2019 (cliprange), TRL's classic PPOConfig
+    """eps of the clipped policy loss: the ratio pi / pi_old is clipped to [1 - eps, 1 + eps]."""
+    clip_range_value: float = 0.2  # Ziegler et al. 2019 (cliprange_value), TRL's classic PPOConfig
+    """How far a value prediction may move from the rollout's before its loss is clipped."""
+    vf_coef: float = 0.1  # Ziegler et al. 2019, TRL's classic PPOConfig
+    """Weight of the value loss: loss = policy loss + vf_coef * value loss."""
+    gamma: float = 1.0  # Ziegler et al. 2019, TRL's classic PPOConfig
+    """Discount of GAE; 1: a completion is a short episode scored only at its end."""
+    lam: float = 0.95  # Ziegler et al. 2019, TRL's classic PPOConfig
+    """lambda of GAE: 1 gives Monte-Carlo returns, 0 one-step TD errors."""
+    whiten_advantages: bool = True  # Ziegler et al. 2019, TRL's classic PPOTrainer
+    """Normalize each rollout's advantages to mean 0 and variance 1 over its completion tokens."""
+    init_kl_coef: float = 0.2  # Ziegler et al. 2019 (RewardHParams.kl_coef), TRL's classic PPOConfig
+    """beta of the per-token KL penalty -beta * (log pi - log pi_ref) at the first step."""
+    adaptive_kl: bool = True  # Ziegler et al. 2019's sentiment runs, TRL's classic PPOConfig
+    """Adapt beta so the sequence KL approaches target_kl (Ziegler et al. 2019, Sec. 2.2); False keeps it fixed."""
+    target_kl: float = 6.0  # Ziegler et al. 2019's sentiment runs, TRL's classic PPOConfig
+    """Sequence KL(pi || pi_ref) in nats that the adaptive controller steers towards."""
+    kl_horizon: int = 10000  # Ziegler et al. 2019, TRL's classic PPOConfig
+    """Horizon of the adaptive controller, in sequences: beta changes by at most 20% * batch_size / horizon a step."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.gradient_accumulation_steps == 1,
+            "gradient_accumulation_steps",
+            f"must be 1 for PPO (num_minibatches splits a rollout), got {self.gradient_accumulation_steps}",
+        )
+        for name in ("max_new_tokens", "ppo_epochs", "num_minibatches", "kl_horizon"):
+            _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        _require(
+            self.batch_size % self.num_minibatches == 0,
+            "num_minibatches",
+            f"batch_size={self.batch_size} rollouts cannot be split into {self.num_minibatches} equal minibatches",
+        )
+        for name in ("clip_range", "clip_range_value", "target_kl"):
+            _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        _require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
+        for name in ("gamma", "lam"):
+            _require(0 <= getattr(self, name) <= 1, name, f"must be in [0, 1], got {getattr(self, name)}")
+        _require(
+            self.init_kl_coef > 0 or (self.init_kl_coef == 0 and not self.adaptive_kl),
+            "init_kl_coef",
+            f"must be > 0 (or 0 with adaptive_kl: false, no KL penalty), got {self.init_kl_coef}",
+        )
+
+
+@dataclass
+class RewardModelConfig(TrainConfig):
+    """A Bradley-Terry reward model on the preference pairs, the first stage of RLHF (PPO-RM on the frontier).
+
+    Paper App. C.1: the RLHF reward model has the policy's architecture (gpt2-large), is trained for 3 epochs on
+    the preference pairs, and the checkpoint with the highest validation accuracy is kept. ``max_steps`` sets the
+    length, as in every trainer: 3 epochs are ``3 * pairs / batch_size`` steps. The optimizer settings are not in
+    the paper; these are common reward-model choices (AdamW, a learning rate between SFT's and DPO's).
+    """
+
+    model: str = ""
+    """Path or Hub name of the model to start from (the SFT policy): loaded as a sequence classifier with one
+    output (AutoModelForSequenceClassification, num_labels=1) whose new score head is initialized from ``seed``."""
+    learning_rate: float = 1e-5
+    """Peak learning rate."""
+    optimizer: str = "adamw"
+    """'adamw' or 'rmsprop'."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm; 0 turns clipping off."""
+    keep_best: bool = True  # paper App. C.1
+    """final/ holds the weights of the evaluation with the highest held-out accuracy (earliest on ties), not the
+    last ones; needs held-out pairs and eval_every > 0. The chosen step is in final/best.json."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            not self.keep_best or self.eval_every > 0,
+            "keep_best",
+            "needs evaluations to choose from: set eval_every > 0 (and eval_data), or keep_best: false",
+        )
+
+
+@dataclass
+class UnlikelihoodConfig(TrainConfig):
+    """The unlikelihood baseline of the DPO paper (Sec. 6; Welleck et al. 2019): likelihood of the chosen
+    completion, token-level unlikelihood of the rejected one (``dpo_teach.losses.unlikelihood_loss``).
+
+    The optimizer settings are the paper's App. B defaults, which hold for every experiment unless noted.
+    """
+
+    alpha: float = 1.0  # the largest of the DPO paper's sweep, {0.05, 0.1, 0.5, 1}
+    """Weight of the unlikelihood term; 0 is supervised fine-tuning on the chosen completions."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
