@@ -20,7 +20,8 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(BIN)/dpo-teach bandit --out $(OUT)
+	$(BIN)/dpo-teach bandit --out $(OUT)/bandit
+	$(BIN)/dpo-teach frontier --preset tiny --out $(OUT)/frontier
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import operator
 import os
-import platform
 import random
 import resource
 import statistics
@@ -37,7 +36,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -45,6 +43,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from dpo_teach.data import IGNORE_INDEX, collate_preference, load_examples, tokenize_preference
+from dpo_teach.machine import describe
 from dpo_teach.sentiment.models import train_tokenizer
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.loop import micro_batch_indices
@@ -322,20 +321,6 @@ def _spawn(variant: str, workspace: Path, round_index: int) -> dict:
     return json.loads(result_path.read_text())
 
 
-def _machine(config: BenchConfig) -> dict:
-    """CPU model, cores, torch threads, device and library versions."""
-    cpu_names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []  # fmt: skip
-    libraries = [name for name in ("torch", "transformers", "accelerate", "trl") if importlib.util.find_spec(name)]
-    return {
-        "cpu": cpu_names[0] if cpu_names else platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": config.threads,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "versions": {"python": platform.python_version(), **{name: version(name) for name in libraries}},
-    }
-
-
 def summarize(config: BenchConfig, runs: dict[str, list[dict]]) -> dict:
     """Per variant: median ms/step over every round's measured steps, peak memory; ratios of medians; targets."""
     variants = {}
@@ -360,7 +345,7 @@ def summarize(config: BenchConfig, runs: dict[str, list[dict]]) -> dict:
         if ratio in ratios:
             comparison, bound = target.split()
             targets_met[ratio] = COMPARE[comparison](ratios[ratio], float(bound))
-    summary = {"machine": _machine(config), "config": asdict(config), "variants": variants, "ratios": ratios}
+    summary = {"machine": describe(config.threads), "config": asdict(config), "variants": variants, "ratios": ratios}
     return summary | {"targets_met": targets_met}
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from dpo_teach import bandit, plots, verify
+from dpo_teach.machine import describe
 from dpo_teach.train.config import DPOConfig, SFTConfig
 from dpo_teach.train.options import add_config_arguments, config_from_arguments
 
@@ -112,8 +114,12 @@ def _frontier(args: argparse.Namespace) -> int:
     size = "quick" if args.quick else "full"
     figure = plots.frontier_figure(rows, title=f"reward-KL frontier, {args.preset} preset ({size} size)")
     figure.savefig(out / "frontier.png", dpi=120)
+    seconds = time.perf_counter() - started
+    run = {"preset": args.preset, "size": size, "seconds_this_invocation": round(seconds, 1)}
+    run["machine"] = describe(torch.get_num_threads())
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     print(f"\n{summary_table(rows)}\n")
-    print(f"wrote {out / 'results.csv'} and {out / 'frontier.png'} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {out / 'results.csv'}, {out / 'frontier.png'} and {out / 'run.json'} in {seconds:.0f} s")
     return 0
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from dpo_teach.sentiment.models import TinyGPT2
 from dpo_teach.sentiment.sampling import SamplingConfig
-from dpo_teach.train.config import DPOConfig, SFTConfig
+from dpo_teach.train.config import DPOConfig, PPOConfig, RewardModelConfig, SFTConfig, UnlikelihoodConfig
 
 
 @dataclass
@@ -68,29 +68,59 @@ class TaskConfig:
     """Frontier: one Unlikelihood run per weight alpha of its unlikelihood term."""
     preferred_ft: SFTConfig = field(default_factory=SFTConfig)
     """Frontier: Preferred-FT, supervised fine-tuning of the SFT policy on the chosen completions."""
+    unlikelihood: UnlikelihoodConfig = field(default_factory=UnlikelihoodConfig)
+    """Frontier: the Unlikelihood baseline (alpha is set per run from ``unlikelihood_alphas``)."""
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Frontier: the Bradley-Terry reward model on the pairs, PPO-RM's reward."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Frontier: PPO (target_kl is set per run from ``ppo_target_kls``)."""
     frontier_eval_every: int = 100  # paper Sec. 6.1: checkpoints evaluated every 100 training steps
     """Frontier: evaluate every run's policy every this many trainer steps (and at its last step)."""
+    ppo_eval_every: int = 100  # paper Sec. 6.1, as above
+    """Frontier: evaluate every PPO run every this many PPO steps (rollouts) and at its last step."""
 
 
 def _tiny() -> TaskConfig:
-    """Sized for a 2-core CPU: SFT in about 2-3 minutes, DPO in about 1. The paper's DPO settings (RMSprop at lr 1e-6
-    for a pretrained GPT-2) barely move a 4-layer model trained from scratch in 200 steps; AdamW at 3e-4 does."""
+    """Sized for a 2-core CPU: SFT in about 2-3 minutes, each DPO run in about 1, the whole frontier in about 20.
+
+    The paper's DPO settings (RMSprop at lr 1e-6 for a pretrained GPT-2) barely move a 4-layer model trained from
+    scratch in 200 steps; AdamW at 1e-4 moves it as far as the paper's runs go (KL up to ~20 nats at beta 0.05), and
+    every pair-based method uses it, so they differ only in their loss. At 3e-4 every beta from 0.05 to 5 ran far
+    past that range (KL 12-57 nats) and beta barely ordered the runs. The paper's PPO target KLs (3-12 nats) cover
+    that same range, so three of them are kept (9 is dropped for time). PPO moves a small model fast: lr 5e-4,
+    2 epochs of 2 minibatches per rollout, 30 rollouts; the controller's horizon is shortened to 128 sequences
+    (Ziegler et al.: 10,000, for runs of ~10^6 episodes) so that it can steer toward the target within 30 steps,
+    from a small initial coefficient (0.05) because VADER's reward spans [0, 1] only."""
     sampling = SamplingConfig(max_new_tokens=32, batch_size=128)
     sft = SFTConfig(
         max_steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=50, completion_only=False, max_length=128,
         max_prompt_length=64, eval_every=200, eval_batch_size=64, save_every=200,
     )  # fmt: skip
     dpo = DPOConfig(
-        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=3e-4, warmup_steps=10, max_length=64,
+        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
         max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=100,
     )  # fmt: skip
     preferred_ft = SFTConfig(
-        max_steps=200, batch_size=32, learning_rate=3e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
+        max_steps=200, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
         eval_every=50, eval_batch_size=64,
     )  # fmt: skip
+    unlikelihood = UnlikelihoodConfig(
+        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
+        max_prompt_length=16, eval_every=50, eval_batch_size=64,
+    )  # fmt: skip  # the DPO runs' settings, so the methods differ only in their loss
+    reward_model = RewardModelConfig(
+        max_steps=120, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
+        eval_every=20, eval_batch_size=64,
+    )  # fmt: skip  # one epoch of the ~3,800 training pairs (the paper's three would triple its time)
+    ppo = PPOConfig(
+        max_steps=30, batch_size=64, max_new_tokens=sampling.max_new_tokens, learning_rate=5e-4,
+        ppo_epochs=2, num_minibatches=2, init_kl_coef=0.05, kl_horizon=128,
+    )  # fmt: skip
     return TaskConfig(
-        preset="tiny", sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft, frontier_eval_every=50
-    )
+        preset="tiny", sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft, unlikelihood=unlikelihood,
+        reward_model=reward_model, ppo=ppo, ppo_target_kls=(3.0, 6.0, 12.0), frontier_eval_every=50,
+        ppo_eval_every=10, num_eval_prompts=400,
+    )  # fmt: skip
 
 
 def _hub(preset: str, model: str) -> TaskConfig:
@@ -106,10 +136,16 @@ def _hub(preset: str, model: str) -> TaskConfig:
         max_steps=dpo.max_steps, batch_size=64, learning_rate=1e-6, optimizer="rmsprop", warmup_steps=150,
         max_length=512, max_prompt_length=64, mixed_precision="bf16",
     )  # fmt: skip  # App. B: these settings hold for every experiment unless noted otherwise
+    unlikelihood = UnlikelihoodConfig(max_length=512, max_prompt_length=64, mixed_precision="bf16")  # App. B
+    reward_model = RewardModelConfig(
+        max_steps=3 * 25_000 * 6 // 64,  # three epochs of the 6 pairs of 25,000 prompts (fewer after ties drop)
+        batch_size=64, max_length=512, max_prompt_length=64, eval_every=200, mixed_precision="bf16",
+    )  # fmt: skip
+    ppo = PPOConfig(max_steps=1_000, max_new_tokens=sampling.max_new_tokens, mixed_precision="bf16")
     return TaskConfig(
         preset=preset, corpus="stanfordnlp/imdb", model=model, reward="siebert/sentiment-roberta-large-english",
         sft=sft, sampling=sampling, num_pair_prompts=25_000, num_eval_prompts=1_000, dpo=dpo,
-        preferred_ft=preferred_ft,
+        preferred_ft=preferred_ft, unlikelihood=unlikelihood, reward_model=reward_model, ppo=ppo,
     )  # fmt: skip
 
 
@@ -133,5 +169,8 @@ def quick(config: TaskConfig) -> TaskConfig:
     config.sampling = replace(config.sampling, max_new_tokens=24)
     config.dpo = replace(config.dpo, max_steps=40, warmup_steps=5)
     config.preferred_ft = replace(config.preferred_ft, max_steps=40, warmup_steps=5)
-    config.frontier_eval_every = 20
+    config.unlikelihood = replace(config.unlikelihood, max_steps=40, warmup_steps=5)
+    config.reward_model = replace(config.reward_model, max_steps=30, warmup_steps=5, eval_every=10)
+    config.ppo = replace(config.ppo, max_steps=6, max_new_tokens=config.sampling.max_new_tokens)
+    config.frontier_eval_every, config.ppo_eval_every = 20, 3
     return config

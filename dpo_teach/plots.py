@@ -74,12 +74,13 @@ def frontier_figure(rows: list[dict], title: str = "reward-KL frontier") -> Figu
     """
     figure = Figure(figsize=(8, 5.5), layout="constrained")
     ax = figure.subplots()
+    start = [row for row in rows if row["method"] == "sft"][:1]  # every run starts from the SFT policy
     for method, (label, marker, colour) in FRONTIER_STYLE.items():
         points = [row for row in rows if row["method"] == method]
         if not points:
             continue
         for run in dict.fromkeys(row["run"] for row in points):
-            path = sorted((row for row in points if row["run"] == run), key=lambda row: row["step"])
+            path = start + sorted((row for row in points if row["run"] == run), key=lambda row: row["step"])
             ax.plot([row["kl"] for row in path], [row["reward"] for row in path], color=colour, alpha=0.25, lw=1)
         size = 160 if method == "sft" else 36
         ax.scatter([row["kl"] for row in points], [row["reward"] for row in points], marker=marker, s=size,
@@ -88,5 +89,5 @@ def frontier_figure(rows: list[dict], title: str = "reward-KL frontier") -> Figu
     ax.set_ylabel("mean ground-truth reward")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", framealpha=0.9)
     return figure

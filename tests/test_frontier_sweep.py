@@ -14,17 +14,24 @@ from dpo_teach.frontier import sweep
 from dpo_teach.frontier.methods import sweep_methods
 from dpo_teach.frontier.results import COLUMNS, load_results, summary_table
 
-TRAINER_FUNCTIONS = ("train_dpo", "train_sft")
+TRAINER_FUNCTIONS = ("train_dpo", "train_sft", "train_ppo", "train_unlikelihood")
 
 
 def toy_sweep(config=None):
     """The toy task with every method of the sweep at one hyper-parameter value, each 3 steps, evaluated at 2 and 3."""
     config = toy(config or preset("tiny"))
-    config.dpo_betas, config.frontier_eval_every = (0.5,), 2
-    config.ppo_target_kls, config.unlikelihood_alphas = (), ()  # their trainers are not in the sweep yet
-    config.preferred_ft = dataclasses.replace(
-        config.preferred_ft, max_steps=3, batch_size=2, eval_every=3, eval_batch_size=8, max_length=32,
-        max_prompt_length=12, warmup_steps=0, learning_rate=1e-3,
+    config.dpo_betas, config.ppo_target_kls, config.unlikelihood_alphas = (0.5,), (4.0,), (0.5,)
+    config.frontier_eval_every, config.ppo_eval_every = 2, 2
+    small = dict(
+        max_steps=3, batch_size=2, eval_every=3, eval_batch_size=8, max_length=32, max_prompt_length=12,
+        warmup_steps=0, learning_rate=1e-3, mixed_precision="no",
+    )  # fmt: skip
+    config.preferred_ft = dataclasses.replace(config.preferred_ft, **small)
+    config.unlikelihood = dataclasses.replace(config.unlikelihood, **small)
+    config.reward_model = dataclasses.replace(config.reward_model, **small, keep_best=False)  # toy: few held-out pairs
+    config.ppo = dataclasses.replace(
+        config.ppo, max_steps=3, batch_size=4, num_minibatches=2, ppo_epochs=1, max_new_tokens=8, learning_rate=1e-3,
+        mixed_precision="no",
     )  # fmt: skip
     return config
 
@@ -58,6 +65,7 @@ def test_the_sweep_writes_one_row_per_evaluated_checkpoint_and_is_reused(tmp_pat
     # a second sweep over the same directory trains and evaluates nothing
     for target in [
         *(f"dpo_teach.frontier.methods.{name}" for name in TRAINER_FUNCTIONS),
+        "dpo_teach.frontier.task.train_reward_model",
         "dpo_teach.frontier.sweep.SentimentTask.evaluate",
     ]:
         monkeypatch.setattr(target, lambda *args, target=target, **kwargs: pytest.fail(f"{target} ran"))
@@ -82,7 +90,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint_without_evaluating_aga
     task = sweep.SentimentTask(config, tmp_path, progress_bar=False)
     method = sweep_methods(config)[0]
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_method(task, method, config.frontier_eval_every)
+        sweep.run_method(task, method)
     monkeypatch.undo()
     evaluated = []
     original_evaluate = sweep.SentimentTask.evaluate
@@ -90,7 +98,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint_without_evaluating_aga
         sweep.SentimentTask, "evaluate", lambda self, path: evaluated.append(path) or original_evaluate(self, path)
     )
     capsys.readouterr()
-    rows = sweep.run_method(sweep.SentimentTask(config, tmp_path, progress_bar=False), method, 2)
+    rows = sweep.run_method(sweep.SentimentTask(config, tmp_path, progress_bar=False), method)
     assert "resuming from step 2" in capsys.readouterr().out
     assert [row["step"] for row in rows] == [2, 3] and len(evaluated) == 1
 
@@ -100,4 +108,9 @@ def test_the_cli_writes_the_table_and_the_figure(tmp_path, monkeypatch, capsys):
     assert cli.main(["frontier", "--preset", "tiny", "--quick", "--out", str(tmp_path)]) == 0
     output = capsys.readouterr().out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "frontier.png").stat().st_size > 10_000
-    assert "reward" in output and "KL (nats)" in output and f"wrote {tmp_path / 'results.csv'}" in output
+    assert (
+        "reward" in output
+        and "KL (nats)" in output
+        and f"wrote {tmp_path / 'results.csv'}" in output
+        and (tmp_path / "run.json").exists()
+    )

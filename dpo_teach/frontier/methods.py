@@ -24,7 +24,9 @@ from dpo_teach.config import TaskConfig
 from dpo_teach.frontier.task import SentimentTask
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.dpo import train_dpo
+from dpo_teach.train.ppo import train_ppo
 from dpo_teach.train.sft import train_sft
+from dpo_teach.train.unlikelihood import train_unlikelihood
 
 METHODS = ("dpo", "ppo-gt", "ppo-rm", "preferred-ft", "unlikelihood")
 
@@ -81,16 +83,38 @@ def _preferred_ft(task: SentimentTask, method: Method) -> tuple[TrainConfig, Cal
     return task.config.preferred_ft, train
 
 
-TRAINERS = {"dpo": _dpo, "preferred-ft": _preferred_ft}
+def _unlikelihood(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+    def train(config: TrainConfig) -> Path:
+        train_path, eval_path = task.preference_pairs()
+        return train_unlikelihood(config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path))
+
+    return dataclasses.replace(task.config.unlikelihood, alpha=method.value), train
+
+
+def _ppo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+    def train(config: TrainConfig) -> Path:
+        reward = task.reward if method.method == "ppo-gt" else task.learned_reward
+        return train_ppo(config, task.sft_model(), task.tokenizer, task.pair_prompts, reward)
+
+    return dataclasses.replace(task.config.ppo, target_kl=method.value), train
+
+
+TRAINERS = {"dpo": _dpo, "ppo-gt": _ppo, "ppo-rm": _ppo, "preferred-ft": _preferred_ft, "unlikelihood": _unlikelihood}
 """method -> (task, method) -> (its trainer config, a function training that config)."""
 
 
-def trainer(task: SentimentTask, method: Method, eval_every: int) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+def eval_every(config: TaskConfig, method: Method) -> int:
+    """Steps between evaluations of a run: PPO counts rollouts, the other trainers optimizer steps on pairs."""
+    return config.ppo_eval_every if method.method.startswith("ppo") else config.frontier_eval_every
+
+
+def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
     """The config of ``method``'s trainer, set to checkpoint at every evaluation step, and its train function."""
     if method.method not in TRAINERS:
         raise ValueError(f"method: unknown {method.method!r}; expected one of {sorted(TRAINERS)}")
     config, train = TRAINERS[method.method](task, method)
     config = dataclasses.replace(
-        config, save_every=eval_every, keep_checkpoints=1, progress_bar=task.progress_bar, resume=True
-    )
+        config, save_every=eval_every(task.config, method), keep_checkpoints=1, progress_bar=task.progress_bar,
+        resume=True,
+    )  # fmt: skip
     return config, train

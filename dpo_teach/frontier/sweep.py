@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from dpo_teach.config import TaskConfig
-from dpo_teach.frontier.methods import Method, sweep_methods, trainer
+from dpo_teach.frontier.methods import Method, eval_every, sweep_methods, trainer
 from dpo_teach.frontier.results import append_row, read_rows, write_results
 from dpo_teach.frontier.stage import Stage
 from dpo_teach.frontier.task import SentimentTask
@@ -30,7 +30,7 @@ EVALUATIONS = "evaluations.jsonl"
 def evaluation_steps(max_steps: int, eval_every: int) -> list[int]:
     """Steps at which a run is evaluated: every ``eval_every`` steps and at ``max_steps``."""
     if eval_every <= 0:
-        raise ValueError(f"frontier_eval_every: must be > 0, got {eval_every}")
+        raise ValueError(f"frontier_eval_every / ppo_eval_every: must be > 0, got {eval_every}")
     return sorted({*range(eval_every, max_steps + 1, eval_every), max_steps})
 
 
@@ -66,10 +66,10 @@ def evaluate_reference(task: SentimentTask) -> list[dict]:
     return read_rows(stage.directory / EVALUATIONS)
 
 
-def run_method(task: SentimentTask, method: Method, eval_every: int) -> list[dict]:
+def run_method(task: SentimentTask, method: Method) -> list[dict]:
     """Train ``method`` to each of its evaluation steps in turn and evaluate it there; returns its rows."""
-    config, train = trainer(task, method, eval_every)
-    steps = evaluation_steps(config.max_steps, eval_every)
+    config, train = trainer(task, method)
+    steps = evaluation_steps(config.max_steps, eval_every(task.config, method))
     inputs = {"upstream": task.upstream_ids(method.method), "evaluation": task.evaluation_inputs(), "steps": steps}
     inputs["trainer"] = {key: value for key, value in dataclasses.asdict(config).items() if key != "progress_bar"}
     stage = Stage(task.run_dir / method.run, inputs)
@@ -93,11 +93,14 @@ def run_frontier(config: TaskConfig, out: str | Path, progress_bar: bool = True)
     task = SentimentTask(config, out, progress_bar)
     methods = sweep_methods(config)
     started = time.perf_counter()
-    print(f"frontier: preset {config.preset}, {len(methods)} runs, evaluated every {config.frontier_eval_every} steps")
+    print(
+        f"frontier: preset {config.preset}, {len(methods)} runs, evaluated every {config.frontier_eval_every} steps "
+        f"(PPO: every {config.ppo_eval_every} rollouts)"
+    )
     rows = evaluate_reference(task)
     for index, method in enumerate(methods, start=1):
         print(f"[{index}/{len(methods)}] {method.run} ({time.perf_counter() - started:.0f} s so far)", flush=True)
-        rows += run_method(task, method, config.frontier_eval_every)
+        rows += run_method(task, method)
         write_results(rows, out / "results.csv")
     write_results(rows, out / "results.csv")
     return rows

@@ -28,12 +28,13 @@ from dpo_teach.sentiment.rewards import make_reward
 from dpo_teach.sentiment.sampling import make_prompts, sample
 from dpo_teach.train.dpo import train_dpo
 from dpo_teach.train.models import load_causal_lm, load_tokenizer
+from dpo_teach.train.reward_model import load_reward_model, train_reward_model
 from dpo_teach.train.sft import train_sft
 
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
-RESERVED_NAMES = ("tokenizer", "sft", "pairs")
+RESERVED_NAMES = ("tokenizer", "sft", "pairs", "reward-model", "sft-evaluation")
 
 
 def _fields(config, *excluded: str) -> dict:
@@ -188,6 +189,27 @@ class SentimentTask:
             train_dpo(dpo, self.load_policy(self.sft_policy()).train(), self.tokenizer, str(train_path), str(eval_path))
             stage.finish()
         return stage.directory / "final"
+
+    def reward_model(self) -> Path:
+        """Directory of the Bradley-Terry reward model trained on the pairs from the SFT policy (PPO-RM's reward)."""
+        train_path, eval_path = self.preference_pairs()
+        inputs = {"pairs": Stage.output_id(train_path.parent), "sft": self.sft_id()}
+        inputs["reward_model"] = _fields(self.config.reward_model, "output_dir", "progress_bar")
+        stage = Stage(self.run_dir / "reward-model", inputs)
+        if not stage.done:
+            stage.start()
+            config = dataclasses.replace(
+                self.config.reward_model, output_dir=str(stage.directory), progress_bar=self.progress_bar
+            )
+            model = load_reward_model(str(self.sft_policy()))
+            train_reward_model(config, model, self.tokenizer, str(train_path), str(eval_path))
+            stage.finish()
+        return stage.directory / "final"
+
+    @cached_property
+    def learned_reward(self):
+        """The reward model as a reward function: ``reward(texts) -> (N,)``, its logit on prompt + completion."""
+        return make_reward(str(self.reward_model()), positive_label=0, output="logit")
 
     @cached_property
     def reference(self) -> torch.nn.Module:
