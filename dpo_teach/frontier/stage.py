@@ -4,6 +4,10 @@
 reuse a finished stage, or resume an interrupted one from what it left (its trainer's checkpoints);
 changed inputs start it afresh. Each finished stage gets a fresh output id, which the stages downstream
 of it key on, so recomputing a stage invalidates everything that used its output.
+
+Under ``accelerate launch`` every process calls :meth:`Stage.start` and :meth:`Stage.finish`; the main process
+alone empties the directory and writes ``stage.json``, and both end with a barrier, so every process sees the
+same record afterwards (``dpo_teach.frontier.processes``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+from dpo_teach.frontier import processes
 
 STAGE_VERSION = 1
 """Part of every stage's inputs: bump it when a change to the code changes what a stage produces."""
@@ -44,13 +50,19 @@ class Stage:
         return json.loads((directory / "stage.json").read_text())["output"]
 
     def start(self) -> None:
-        """Keep the directory when it holds an interrupted run of the same inputs; otherwise empty it."""
-        if self._recorded().get("key") != self.key and self.directory.exists():
-            shutil.rmtree(self.directory)
-        self._write(done=False)
+        """Keep the directory when it holds an interrupted run of the same inputs; otherwise empty it.
+        Every process calls this; the main one does it while the others wait."""
+        if processes.is_main_process():
+            if self._recorded().get("key") != self.key and self.directory.exists():
+                shutil.rmtree(self.directory)
+            self._write(done=False)
+        processes.wait_for_everyone()
 
     def finish(self) -> None:
-        self._write(done=True)
+        """Record the stage as done with a fresh output id (every process calls this; the main one writes)."""
+        if processes.is_main_process():
+            self._write(done=True)
+        processes.wait_for_everyone()
 
     def _write(self, done: bool) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

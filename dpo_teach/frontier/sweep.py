@@ -8,6 +8,11 @@ Each run is a stage (``dpo_teach.frontier.stage``) keyed on its trainer's config
 it uses and the evaluation settings. Training stops at every evaluation step and continues from the
 checkpoint written there (resuming is exact, see ``dpo_teach.train.checkpoint``), so a sweep killed at
 any moment loses at most the work since the last checkpoint, and a finished evaluation is never redone.
+
+Under ``accelerate launch --num_processes N`` every process runs this whole sweep: it trains with the
+others and evaluates every checkpoint like them; the main process alone writes the rows, the samples and
+results.csv and prints, and every process returns the rows read back from the files
+(``dpo_teach.frontier.processes``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 from dpo_teach.config import TaskConfig
+from dpo_teach.frontier import processes
 from dpo_teach.frontier.methods import Method, eval_every, sweep_methods, trainer
 from dpo_teach.frontier.results import append_row, read_rows, write_results
 from dpo_teach.frontier.stage import Stage
@@ -44,15 +50,20 @@ def _row(method: Method, step: int, evaluation: Evaluation) -> dict:
 
 
 def _evaluate_into(task: SentimentTask, stage: Stage, method: Method, step: int, policy_dir: Path) -> dict:
-    """Evaluate ``policy_dir``; append its row to the stage's evaluations and keep its samples beside them."""
+    """Evaluate ``policy_dir``; append its row to the stage's evaluations and keep its samples beside them.
+
+    Every process evaluates; the main one writes, and every process returns the row as written."""
     evaluation = task.evaluate(policy_dir)
-    samples = stage.directory / "samples" / f"step-{step:08d}.jsonl"
-    samples.parent.mkdir(parents=True, exist_ok=True)
-    samples.write_text("".join(json.dumps(sample) + "\n" for sample in evaluation.samples))
-    row = _row(method, step, evaluation)
-    append_row(stage.directory / EVALUATIONS, row)
-    print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
-    return row
+    evaluations = stage.directory / EVALUATIONS
+    if processes.is_main_process():
+        samples = stage.directory / "samples" / f"step-{step:08d}.jsonl"
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        samples.write_text("".join(json.dumps(sample) + "\n" for sample in evaluation.samples))
+        row = _row(method, step, evaluation)
+        append_row(evaluations, row)
+        print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
+    processes.wait_for_everyone()
+    return read_rows(evaluations)[-1]
 
 
 def evaluate_reference(task: SentimentTask) -> list[dict]:
@@ -88,19 +99,24 @@ def run_method(task: SentimentTask, method: Method) -> list[dict]:
 
 
 def run_frontier(config: TaskConfig, out: str | Path, progress_bar: bool = True) -> list[dict]:
-    """Run the whole sweep of ``config`` in ``out`` (reusing what is there); returns the rows of results.csv."""
+    """Run the whole sweep of ``config`` in ``out`` (reusing what is there); returns the rows of results.csv.
+
+    Under ``accelerate launch`` every process calls this and gets the same rows; the main process writes the file.
+    """
     out = Path(out)
     task = SentimentTask(config, out, progress_bar)
     methods = sweep_methods(config)
     started = time.perf_counter()
-    print(
+    processes.print_main(
         f"frontier: preset {config.preset}, {len(methods)} runs, evaluated every {config.frontier_eval_every} steps "
-        f"(PPO: every {config.ppo_eval_every} rollouts)"
+        f"(PPO: every {config.ppo_eval_every} rollouts), {processes.state().num_processes} process(es)"
     )
     rows = evaluate_reference(task)
     for index, method in enumerate(methods, start=1):
-        print(f"[{index}/{len(methods)}] {method.run} ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        processes.print_main(f"[{index}/{len(methods)}] {method.run} ({time.perf_counter() - started:.0f} s so far)")
         rows += run_method(task, method)
+        if processes.is_main_process():
+            write_results(rows, out / "results.csv")
+    if processes.is_main_process():
         write_results(rows, out / "results.csv")
-    write_results(rows, out / "results.csv")
     return rows

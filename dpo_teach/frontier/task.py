@@ -6,7 +6,9 @@
 :class:`SentimentTask` computes a stage the first time it is asked for and reuses it afterwards. A
 stage that writes files (tokenizer, SFT, pairs, DPO) records a hash of its inputs in
 ``RUN/<stage>/stage.json``: unchanged inputs reuse the finished stage, or resume an interrupted one
-from its last checkpoint; changed inputs start it afresh. Every preset runs this same code.
+from its last checkpoint; changed inputs start it afresh. Every preset runs this same code, in one process
+or under ``accelerate launch``: every process trains and samples, the main one writes the files
+(``dpo_teach.frontier.processes``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from dpo_teach.config import TaskConfig
+from dpo_teach.frontier import processes
 from dpo_teach.frontier.stage import Stage
 from dpo_teach.sentiment.corpus import Review, imdb_corpus, synthetic_corpus
 from dpo_teach.sentiment.evaluate import Evaluation, evaluate
@@ -49,6 +52,12 @@ class SentimentTask:
         self.run_dir = Path(run_dir)
         self.progress_bar = progress_bar
 
+    @property
+    def sampling_progress_bar(self) -> bool:
+        """Sampling bars on the main process only: every process samples the same prompts (the trainers show
+        their own bars on the main process only)."""
+        return self.progress_bar and processes.is_main_process()
+
     @cached_property
     def corpus(self) -> dict[str, list[Review]]:
         """``{"train": [...], "test": [...]}`` reviews: synthetic (seeded) or an IMDb-format dataset."""
@@ -73,8 +82,9 @@ class SentimentTask:
         stage = Stage(self.run_dir / "tokenizer", {**self._corpus_inputs(), "vocab_size": self.config.vocab_size})
         if not stage.done:
             stage.start()
-            texts = [review.text for review in self.corpus["train"]]
-            train_tokenizer(texts, self.config.vocab_size).save_pretrained(stage.directory)
+            if processes.is_main_process():
+                texts = [review.text for review in self.corpus["train"]]
+                train_tokenizer(texts, self.config.vocab_size).save_pretrained(stage.directory)
             stage.finish()
         return load_tokenizer(str(stage.directory))
 
@@ -147,7 +157,9 @@ class SentimentTask:
         return prompts[: self.config.num_eval_prompts]
 
     def preference_pairs(self) -> tuple[Path, Path]:
-        """``train.jsonl`` and ``eval.jsonl`` of labelled pairs: K SFT samples per prompt, every pair of them."""
+        """``train.jsonl`` and ``eval.jsonl`` of labelled pairs: K SFT samples per prompt, every pair of them.
+
+        Every process samples and labels the same pairs; the main one writes them."""
         config = self.config
         sft_dir = self.sft_policy()
         inputs = {"sft": Stage.output_id(sft_dir.parent), "prompts": self.pair_prompts}
@@ -160,16 +172,17 @@ class SentimentTask:
             stage.start()
             samples = sample(
                 self.load_policy(sft_dir), self.tokenizer, self.pair_prompts, config.sampling,
-                config.samples_per_prompt, self.progress_bar,
+                config.samples_per_prompt, self.sampling_progress_bar,
             )  # fmt: skip
             rewards = self.reward(samples.texts)  # (N,)
             held_out_prompts = set(self.pair_prompts[: max(1, int(HELD_OUT_PAIR_FRACTION * len(self.pair_prompts)))])
             pairs, ties = build_pairs(samples, rewards)
-            save_pairs([pair for pair in pairs if pair["prompt"] not in held_out_prompts], train_path)
-            save_pairs([pair for pair in pairs if pair["prompt"] in held_out_prompts], eval_path)
-            (stage.directory / "summary.json").write_text(
-                json.dumps({"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}, indent=2)
-            )
+            if processes.is_main_process():
+                save_pairs([pair for pair in pairs if pair["prompt"] not in held_out_prompts], train_path)
+                save_pairs([pair for pair in pairs if pair["prompt"] in held_out_prompts], eval_path)
+                (stage.directory / "summary.json").write_text(
+                    json.dumps({"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}, indent=2)
+                )
             stage.finish()
         return train_path, eval_path
 
@@ -217,8 +230,9 @@ class SentimentTask:
         return self.load_policy(self.sft_policy())
 
     def evaluate(self, policy_dir: str | Path, num_samples_per_prompt: int = 1) -> Evaluation:
-        """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts."""
+        """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts (every
+        process computes the same evaluation)."""
         return evaluate(
             self.load_policy(policy_dir), self.reference, self.tokenizer, self.eval_prompts,
-            self.reward, self.config.sampling, num_samples_per_prompt, self.progress_bar,
+            self.reward, self.config.sampling, num_samples_per_prompt, self.sampling_progress_bar,
         )  # fmt: skip
