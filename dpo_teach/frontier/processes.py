@@ -40,17 +40,36 @@ def is_main_process() -> bool:
     return state().is_main_process
 
 
+_groups_recreated = 0
+"""How many times this process has re-created the process group. Every process runs the same sweep, so every
+process counts the same, and the count names a fresh key space in the launcher's store."""
+
+
+def _recreate_process_group(backend: str) -> None:
+    """Join the processes in a new default process group, after a trainer destroyed the last one.
+
+    The rendezvous is the launcher's (``env://``: the store of ``accelerate launch`` / torchrun), under a prefix
+    of its own: the destroyed group's keys are still in that store, and gloo would read the dead group's
+    addresses from them ("Connection refused").
+    """
+    global _groups_recreated
+    _groups_recreated += 1
+    store, rank, world_size = next(torch.distributed.rendezvous("env://"))
+    store = torch.distributed.PrefixStore(f"dpo_teach.frontier/group-{_groups_recreated}", store)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+
+
 def wait_for_everyone() -> None:
     """A barrier over all processes (nothing in one process); first re-creates the process group if it is gone.
 
     Every trainer ends with ``accelerator.end_training()``, which destroys the default process group, while the
-    state (world size, rank, backend) outlives it (``make_accelerator`` keeps ``PartialState``). The group is
-    created again here from the launcher's environment. The sweep passes a barrier after every trainer call (the
-    stage's ``finish`` or the evaluation that follows), so the next trainer's DDP finds the group too.
+    state (world size, rank, backend) outlives it (``make_accelerator`` keeps ``PartialState``), so the group is
+    created again here. The sweep passes a barrier after every trainer call (the stage's ``finish`` or the
+    evaluation that follows), so the next trainer's DDP finds the group too.
     """
     current = state()
     if current.use_distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend=current.backend)
+        _recreate_process_group(current.backend)
     current.wait_for_everyone()
 
 
