@@ -120,7 +120,7 @@ def _tiny() -> TaskConfig:
     )  # fmt: skip
     return TaskConfig(
         preset="tiny", sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft, unlikelihood=unlikelihood,
-        reward_model=reward_model, ppo=ppo, ppo_target_kls=(3.0, 6.0, 12.0), frontier_eval_every=50,
+        reward_model=reward_model, ppo=ppo, ppo_target_kls=(3.0, 6.0, 12.0), frontier_eval_every=100,
         ppo_eval_every=10, num_pair_prompts=3_000, num_eval_prompts=400,
     )  # fmt: skip
 

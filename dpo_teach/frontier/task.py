@@ -114,7 +114,9 @@ class SentimentTask:
         return stage.directory / "final"
 
     def load_policy(self, directory: str | Path) -> torch.nn.Module:
-        return load_causal_lm(str(directory)).eval()
+        """A saved policy in eval mode on this process's device (a GPU when there is one), for sampling and
+        evaluation; the trainers move the models they train themselves."""
+        return load_causal_lm(str(directory)).to(processes.state().device).eval()
 
     def sft_model(self) -> torch.nn.Module:
         """A fresh copy of the SFT policy in train mode: the starting point of every method."""
