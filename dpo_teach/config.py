@@ -100,15 +100,15 @@ def _tiny() -> TaskConfig:
     )  # fmt: skip
     dpo = DPOConfig(
         max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
-        max_prompt_length=16, eval_every=50, eval_batch_size=64, save_every=100,
+        max_prompt_length=16, eval_every=100, eval_batch_size=64, save_every=100,
     )  # fmt: skip
     preferred_ft = SFTConfig(
         max_steps=200, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
-        eval_every=50, eval_batch_size=64,
+        eval_every=100, eval_batch_size=64,
     )  # fmt: skip
     unlikelihood = UnlikelihoodConfig(
         max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
-        max_prompt_length=16, eval_every=50, eval_batch_size=64,
+        max_prompt_length=16, eval_every=100, eval_batch_size=64,
     )  # fmt: skip  # the DPO runs' settings, so the methods differ only in their loss
     reward_model = RewardModelConfig(
         max_steps=400, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,

@@ -65,7 +65,10 @@ def _chosen_completions(path: Path) -> list[dict]:
 
 
 def _dpo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
-    config = dataclasses.replace(task.config.dpo, beta=method.value)
+    # every DPO run has the same reference (the SFT policy) and pairs: their log-probs are computed once
+    config = dataclasses.replace(
+        task.config.dpo, beta=method.value, reference_cache_dir=str(task.run_dir / "reference-cache")
+    )
 
     def train(config: TrainConfig) -> Path:
         train_path, eval_path = task.preference_pairs()

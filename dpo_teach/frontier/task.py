@@ -37,7 +37,7 @@ from dpo_teach.train.sft import train_sft
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
-RESERVED_NAMES = ("tokenizer", "sft", "pairs", "reward-model", "sft-evaluation")
+RESERVED_NAMES = ("tokenizer", "sft", "pairs", "reward-model", "sft-evaluation", "reference-cache")
 
 
 def _fields(config, *excluded: str) -> dict:

@@ -107,7 +107,7 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | Path, con
 
 RESUMABLE_CHANGES = frozenset(
     {"output_dir", "max_steps", "eval_data", "eval_every", "eval_batch_size", "save_every", "keep_checkpoints",
-     "log_with", "resume", "progress_bar"}
+     "log_with", "resume", "progress_bar", "reference_cache_dir"}
 )  # fmt: skip
 """Config fields a resumed run may change: they do not alter the updates already made or still to come."""
 

@@ -145,6 +145,9 @@ class DPOConfig(TrainConfig):
     precompute_ref: bool = True
     """Compute the reference log-probs in one pass before training and cache them on disk, so no reference
     model is in memory while training. False runs a frozen reference copy next to the policy (online)."""
+    reference_cache_dir: str = ""
+    """Directory of the precomputed reference log-probs (keyed by the reference's weights, the data and the
+    precision, so runs may share it); empty means OUTPUT/reference."""
     reference: str = ""
     """Path or Hub name of the reference model; empty means the initial policy is the reference (as in the paper,
     where both start from the SFT model)."""

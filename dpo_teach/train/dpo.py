@@ -173,7 +173,7 @@ def train_dpo(
 
     reference = None if config.loss == "simpo" else _reference_model(config, model, accelerator.device)
     if config.precompute_ref and reference is not None:
-        cache_dir = Path(config.output_dir) / "reference"
+        cache_dir = Path(config.reference_cache_dir or Path(config.output_dir) / "reference")
         for examples, what in ((train, "train"), (held_out, "eval")):
             if not examples:
                 continue
