@@ -89,6 +89,7 @@ def _tiny() -> TaskConfig:
     past that range (KL 12-57 nats) and beta barely ordered the runs. Pairs come from 3,000 prompts (~13,000 pairs,
     half an epoch in 200 steps): from 1,000 prompts (~4,000 pairs, 1.7 epochs) DPO reached less reward (0.73 vs
     0.76 at beta 0.05, 2,000 evaluation prompts) at more KL (18 vs 10 nats), the mark of over-fitting the pairs.
+    (These comparisons come from calibration runs on the machine of docs/frontier/run.json, not committed.)
     The paper's PPO target KLs (3-12 nats) cover that same range, so three of them are kept (9 is dropped for time).
     PPO moves a small model fast: lr 5e-4, 2 epochs of 2 minibatches per rollout, 30 rollouts; the controller's
     horizon is shortened to 128 sequences (Ziegler et al.: 10,000, for runs of ~10^6 episodes) so that it can steer
