@@ -82,6 +82,19 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: str 
     return final
 
 
+def save_final(accelerator: Accelerator, model, tokenizer, output_dir: str | Path) -> Path:
+    """Write ``OUTPUT/final``: the trained model (gathered under FSDP) and its tokenizer, for ``from_pretrained``.
+    Every process must call this; returns the directory."""
+    final = Path(output_dir) / "final"
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
 def prune_checkpoints(accelerator: Accelerator, output_dir: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest complete checkpoints (on the main process)."""
     if not accelerator.is_main_process:

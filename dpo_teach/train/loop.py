@@ -40,6 +40,7 @@ from dpo_teach.train.checkpoint import (
     load_latest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    save_final,
 )
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.sharded import to_device
@@ -279,12 +280,6 @@ def train_loop(
             last_checkpoint = str(save_checkpoint(accelerator, model, tokenizer, output_dir, trainer_state))
             prune_checkpoints(accelerator, output_dir, config.keep_checkpoints)
     bar.close()
-    final = output_dir / "final"
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(final, state_dict=state_dict)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(final)
-    accelerator.wait_for_everyone()
+    final = save_final(accelerator, model, tokenizer, output_dir)
     accelerator.end_training()
     return final

@@ -45,7 +45,13 @@ from dpo_teach.rl import (
     whiten,
 )
 from dpo_teach.sentiment.sampling import SamplingConfig, sample
-from dpo_teach.train.checkpoint import complete_checkpoints, load_latest_checkpoint, prune_checkpoints, save_checkpoint
+from dpo_teach.train.checkpoint import (
+    complete_checkpoints,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_final,
+)
 from dpo_teach.train.config import PPOConfig
 from dpo_teach.train.loop import MetricsLog, build_optimizer, make_accelerator, micro_batch_indices, warmup_schedule
 from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
@@ -319,11 +325,6 @@ def train_ppo(
             last_checkpoint = str(save_checkpoint(accelerator, policy, tokenizer, output_dir, trainer_state))
             prune_checkpoints(accelerator, output_dir, config.keep_checkpoints)
     bar.close()
-    final = output_dir / "final"
-    state_dict = accelerator.get_state_dict(policy)
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(final, state_dict=state_dict)
-        tokenizer.save_pretrained(final)
-    accelerator.wait_for_everyone()
+    final = save_final(accelerator, policy, tokenizer, output_dir)
     accelerator.end_training()
     return final
