@@ -118,6 +118,20 @@ def load_latest_checkpoint(accelerator: Accelerator, output_dir: str | Path, con
     return trainer_state
 
 
+def resume_or_start(accelerator: Accelerator, output_dir: str | Path, config: dict) -> dict | None:
+    """The trainer state of the newest checkpoint, restored into the prepared objects, when ``config["resume"]``
+    and there is one; None for a run that starts at step 0. Starting afresh over an earlier run's checkpoints is
+    refused: its checkpoints would be mixed with this run's."""
+    if config["resume"]:
+        return load_latest_checkpoint(accelerator, output_dir, config)
+    if complete_checkpoints(output_dir):
+        raise ValueError(
+            f"resume: false, but {Path(output_dir) / 'checkpoints'} holds checkpoints of an earlier run, which would "
+            "be mixed with this one's; use another output_dir or delete them"
+        )
+    return None
+
+
 RESUMABLE_CHANGES = frozenset(
     {"output_dir", "max_steps", "eval_data", "eval_every", "eval_batch_size", "save_every", "keep_checkpoints",
      "log_with", "resume", "progress_bar", "reference_cache_dir"}

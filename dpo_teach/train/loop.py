@@ -36,9 +36,8 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from dpo_teach.train.checkpoint import (
-    complete_checkpoints,
-    load_latest_checkpoint,
     prune_checkpoints,
+    resume_or_start,
     save_checkpoint,
     save_final,
 )
@@ -183,15 +182,7 @@ def train_loop(
         # is restored instead, and the loop runs it under accelerator.autocast(); dpo_teach.logprobs upcasts
         # only the chunks it needs.
         accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if config.resume:
-        resumed = load_latest_checkpoint(accelerator, output_dir, asdict(config))
-    elif complete_checkpoints(output_dir):
-        raise ValueError(
-            f"resume: false, but {output_dir / 'checkpoints'} holds checkpoints of an earlier run, which would be "
-            "mixed with this one's; use another output_dir or delete them"
-        )
-    else:
-        resumed = None
+    resumed = resume_or_start(accelerator, output_dir, asdict(config))
     start = resumed["step"] if resumed else 0
     log = MetricsLog(accelerator, output_dir, start)
     accelerator.init_trackers("dpo-teach", config=asdict(config))

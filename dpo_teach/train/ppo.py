@@ -46,9 +46,8 @@ from dpo_teach.rl import (
 )
 from dpo_teach.sentiment.sampling import SamplingConfig, sample
 from dpo_teach.train.checkpoint import (
-    complete_checkpoints,
-    load_latest_checkpoint,
     prune_checkpoints,
+    resume_or_start,
     save_checkpoint,
     save_final,
 )
@@ -251,15 +250,7 @@ def train_ppo(
         accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
         accelerator.unwrap_model(value_model, keep_fp32_wrapper=False)
     controller = make_kl_controller(config)
-    if config.resume:
-        resumed = load_latest_checkpoint(accelerator, output_dir, asdict(config))
-    elif complete_checkpoints(output_dir):
-        raise ValueError(
-            f"resume: false, but {output_dir / 'checkpoints'} holds checkpoints of an earlier run, "
-            "which would be mixed with this one's; use another output_dir or delete them"
-        )
-    else:
-        resumed = None
+    resumed = resume_or_start(accelerator, output_dir, asdict(config))
     start = resumed["step"] if resumed else 0
     if resumed:
         controller.load_state_dict(resumed["kl_controller"])
