@@ -8,8 +8,9 @@ Every method starts from the SFT policy, which is also its reference pi_ref:
 - **Preferred-FT**: supervised fine-tuning on the chosen completions only;
 - **Unlikelihood(alpha)**: likelihood of the chosen completion, unlikelihood of the rejected one.
 
-A :class:`Method` names one run; :func:`train_method` trains it to a given step, resuming from its
-checkpoints, so the sweep can stop at every evaluation step and continue the same run afterwards.
+A :class:`Method` names one run; :func:`trainer` gives its trainer's config and a function that trains it to
+a given step, resuming from its checkpoints, so the sweep can stop at every evaluation step and continue the
+same run afterwards.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ from dpo_teach.train.ppo import train_ppo
 from dpo_teach.train.sft import train_sft
 from dpo_teach.train.unlikelihood import train_unlikelihood
 
-METHODS = ("dpo", "ppo-gt", "ppo-rm", "preferred-ft", "unlikelihood")
-
 
 @dataclass(frozen=True)
 class Method:
     """One run of the sweep: a method and the value of its hyper-parameter (none for Preferred-FT)."""
 
     method: str
-    """One of :data:`METHODS`."""
+    """One of the keys of :data:`TRAINERS` ('dpo', 'ppo-gt', 'ppo-rm', 'preferred-ft', 'unlikelihood'), or 'sft'
+    for the starting point every run shares."""
     parameter: str = ""
     """Name of the swept hyper-parameter: 'beta' (DPO), 'target_kl' (PPO), 'alpha' (Unlikelihood)."""
     value: float | None = None
