@@ -103,28 +103,30 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _frontier(args: argparse.Namespace) -> int:
     # imported here so that `dpo-teach bandit` does not pay for importing transformers
-    from dpo_teach.config import preset, quick
     from dpo_teach.frontier import processes
+    from dpo_teach.frontier.presets import preset, quick
     from dpo_teach.frontier.results import summary_table
     from dpo_teach.frontier.sweep import run_frontier
+    from dpo_teach.train.run import make_accelerator
 
     config = quick(preset(args.preset)) if args.quick else preset(args.preset)
     out = Path(args.out or f"runs/frontier-{args.preset}{'-quick' if args.quick else ''}")
     started = time.perf_counter()
-    rows = run_frontier(config, out)  # under accelerate launch: every process sweeps, the main one writes
-    if processes.is_main_process():
+    accelerator = make_accelerator(config.mixed_precision)  # this command owns the processes: one accelerator
+    rows = run_frontier(config, out, accelerator=accelerator)  # under accelerate launch every process sweeps
+    if accelerator.is_main_process:
         size = "quick" if args.quick else "full"
         figure = plots.frontier_figure(rows, title=f"reward-KL frontier, {args.preset} preset ({size} size)")
         figure.savefig(out / "frontier.png", dpi=120)
         seconds = time.perf_counter() - started
         run = {"preset": args.preset, "size": size, "seconds_this_invocation": round(seconds, 1)}
-        run["processes"] = processes.state().num_processes
+        run["processes"] = accelerator.num_processes
         run["machine"] = describe(torch.get_num_threads())
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         print(f"\n{summary_table(rows)}\n")
         print(f"wrote {out / 'results.csv'}, {out / 'frontier.png'} and {out / 'run.json'} in {seconds:.0f} s")
     processes.wait_for_everyone()
-    processes.state().destroy_process_group()  # as a trainer's end_training does; nothing in one process
+    accelerator.end_training()
     return 0
 
 

@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from dpo_teach.logprobs import IGNORE_INDEX
+from dpo_teach.errors import DataError
 
 if TYPE_CHECKING:
     import datasets
 
-"""Label of positions the loss ignores (prompt and padding); PyTorch's cross-entropy default."""
+IGNORE_INDEX = -100
+"""Label of positions the loss ignores (prompt and padding); PyTorch's cross-entropy default. ``dpo_teach.logprobs``
+scores no negative label."""
 
 FIELDS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
 EXPECTED = {
@@ -42,10 +44,6 @@ EXPECTED = {
     "sft": 'a dict {"prompt": str, "completion": str} or {"text": str}',
 }
 TRUNCATION_MODES = ("keep_end", "keep_start")
-
-
-class DataError(ValueError):
-    """An example that cannot be used; the message names source, row, field and what is accepted."""
 
 
 def _where(source_name: str, row: int, line: int | None) -> str:
@@ -281,19 +279,32 @@ def load_and_tokenize(
     )
 
 
-def _pad(sequences: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad rows to the longest: padding gets ``attention_mask = 0`` and ``labels = -100`` by position."""
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:
+    """Rows of different lengths as one ``(N, T)`` long tensor, T the longest, filled with ``value``.
+
+    ``side="right"`` puts each row at the start (training batches, scored by position), ``"left"`` at the end
+    (prompts that generation or a rollout continues). Every padded tensor of the toolkit is made here.
+    """
     if not sequences:
         raise ValueError("cannot collate an empty list of examples")
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (N, T)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (N, T)
-    label_ids = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)  # (N, T)
-    for row, (sequence, row_labels) in enumerate(zip(sequences, labels, strict=True)):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, : len(sequence)] = 1
-        label_ids[row, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+    padded = torch.full((len(sequences), width), value, dtype=torch.long)  # (N, T)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            columns = slice(0, len(sequence)) if side == "right" else slice(width - len(sequence), width)
+            padded[row, columns] = torch.tensor(sequence, dtype=torch.long)
+    return padded
+
+
+def _pad(sequences: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest: padding gets ``attention_mask = 0`` and ``labels = -100`` by position."""
+    return {
+        "input_ids": pad_sequences(sequences, pad_token_id),  # (N, T)
+        "attention_mask": pad_sequences([[1] * len(sequence) for sequence in sequences], 0),  # (N, T)
+        "labels": pad_sequences(labels, IGNORE_INDEX),  # (N, T)
+    }
 
 
 def collate_preference(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -321,3 +332,8 @@ def collate_sft(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tens
     """
     input_ids = [example["input_ids"] for example in examples]
     return _pad(input_ids, [example["labels"] for example in examples], pad_token_id)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Move every tensor of ``batch`` to ``device``."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

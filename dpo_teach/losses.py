@@ -234,6 +234,28 @@ def nll_loss(policy_chosen_logps: torch.Tensor, chosen_token_counts: torch.Tenso
     return -policy_chosen_logps / chosen_token_counts
 
 
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """-log sigma(r(x, y_w) - r(x, y_l)), the negative log-likelihood of the Bradley-Terry model (notebook 1,
+    Eq. 1.2; DPO paper Eq. 2): the reward model's loss. Rewards ``(B,)`` each; returns losses ``(B,)``. It is
+    :func:`dpo_loss` with beta = 1 and log-probs replaced by rewards against a zero reference
+    (``dpo_teach.bandit.fit_reward_model`` fits the tabular case)."""
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(
+            f"chosen_rewards and rejected_rewards must be (B,) tensors of one shape, got "
+            f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
+        )
+    return -F.logsigmoid(chosen_rewards - rejected_rewards)
+
+
+def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """1 where the chosen completion's reward is higher, 0 where lower, 1/2 on a tie, ``(B,)`` float.
+
+    A tie counts 1/2, so a policy equal to its reference (every implicit reward 0) scores 0.5, chance, and
+    not 0 (TRL's ``rewards/accuracies`` counts a tie as 0). Used for DPO's implicit rewards and for the reward
+    model's scores alike."""
+    return (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+
+
 class UnlikelihoodLoss(NamedTuple):
     """Per-pair losses ``(B,)`` and their two detached terms, each ``(B,)``."""
 

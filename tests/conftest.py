@@ -8,6 +8,17 @@ import random
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts from a new process's accelerate state, as accelerate's own tests do (its
+    ``AccelerateTestCase`` resets the state in ``tearDown``): accelerate keeps one precision per process, and
+    tests of float32 and bfloat16 training share this one. The library itself never resets it."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _sentences() -> list[str]:
     """A few hundred short, deterministic movie-review sentences."""
     subjects = ["the movie", "this film", "the plot", "the acting", "the ending", "the music"]

@@ -29,16 +29,16 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_frontier_sweep import toy_sweep
 
-import dpo_teach.config
+import dpo_teach.frontier.presets
 from dpo_teach import cli
 from dpo_teach.frontier import processes, sweep
 
-dpo_teach.config.quick = toy_sweep  # `--quick` gives the toy sweep, as in test_frontier_sweep's CLI test
+dpo_teach.frontier.presets.quick = toy_sweep  # `--quick` gives the toy sweep, as in test_frontier_sweep's CLI test
 run_frontier = sweep.run_frontier
 
 
-def recording(config, out, progress_bar=True):
-    rows = run_frontier(config, out, progress_bar=False)
+def recording(config, out, progress_bar=True, accelerator=None):
+    rows = run_frontier(config, out, progress_bar=False, accelerator=accelerator)
     state = processes.state()
     record = {{"process_index": state.process_index, "num_processes": state.num_processes, "rows": rows}}
     Path({ranks!r}, f"process-{{state.process_index}}.json").write_text(json.dumps(record))
@@ -75,7 +75,7 @@ def test_two_processes_run_the_sweep_of_one(tmp_path):
     assert [(record["process_index"], record["num_processes"]) for record in records] == [(0, 2), (1, 2)]
     assert records[0]["rows"] == records[1]["rows"]  # every process returns the main process's rows
     output = finished.stdout
-    for trainer in ("SFTObjective", "DPOObjective", "RewardModelObjective", "PPO", "UnlikelihoodObjective"):
+    for trainer in ("SFT", "DPO", "RewardModel", "PPO", "Unlikelihood"):
         assert f"{trainer}: 2 process(es) on cpu" in output, trainer
     assert output.count("[1/") == 1 and output.count("sft step 0:") == 1  # progress printed by one process
     assert json.loads((out / "run.json").read_text())["processes"] == 2

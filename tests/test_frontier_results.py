@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpo_teach.config import preset
 from dpo_teach.frontier.methods import eval_every, sweep_methods, trainer
+from dpo_teach.frontier.presets import preset
 from dpo_teach.frontier.results import final_rows, load_results
 from dpo_teach.frontier.sweep import evaluation_steps
 from dpo_teach.frontier.task import SentimentTask

@@ -9,9 +9,9 @@ import pytest
 from test_frontier_task import toy
 
 from dpo_teach import cli, plots
-from dpo_teach.config import preset
 from dpo_teach.frontier import sweep
 from dpo_teach.frontier.methods import sweep_methods
+from dpo_teach.frontier.presets import preset
 from dpo_teach.frontier.results import COLUMNS, load_results, summary_table
 
 TRAINER_FUNCTIONS = ("train_dpo", "train_sft", "train_ppo", "train_unlikelihood")
@@ -90,21 +90,23 @@ def test_an_interrupted_run_continues_from_its_checkpoint_without_evaluating_aga
     task = sweep.SentimentTask(config, tmp_path, progress_bar=False)
     method = sweep_methods(config)[0]
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_method(task, method)
+        sweep.train_method(task, method)
     monkeypatch.undo()
     evaluated = []
     original_evaluate = sweep.SentimentTask.evaluate
     monkeypatch.setattr(
-        sweep.SentimentTask, "evaluate", lambda self, path: evaluated.append(path) or original_evaluate(self, path)
+        sweep.SentimentTask,
+        "evaluate",
+        lambda self, policy: evaluated.append(policy) or original_evaluate(self, policy),
     )
     capsys.readouterr()
-    rows = sweep.run_method(sweep.SentimentTask(config, tmp_path, progress_bar=False), method)
+    _, rows = sweep.train_method(sweep.SentimentTask(config, tmp_path, progress_bar=False), method)
     assert "resuming from step 2" in capsys.readouterr().out
     assert [row["step"] for row in rows] == [2, 3] and len(evaluated) == 1
 
 
 def test_the_cli_writes_the_table_and_the_figure(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("dpo_teach.config.quick", lambda config: toy_sweep(config))
+    monkeypatch.setattr("dpo_teach.frontier.presets.quick", lambda config: toy_sweep(config))
     assert cli.main(["frontier", "--preset", "tiny", "--quick", "--out", str(tmp_path)]) == 0
     output = capsys.readouterr().out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "frontier.png").stat().st_size > 10_000

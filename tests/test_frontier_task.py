@@ -8,10 +8,16 @@ import json
 
 import pytest
 
-from dpo_teach.config import preset
+from dpo_teach.frontier import methods as methods_module
 from dpo_teach.frontier import task as task_module
+from dpo_teach.frontier.methods import Method, sweep_methods
+from dpo_teach.frontier.presets import preset
+from dpo_teach.frontier.sweep import train_method
 from dpo_teach.frontier.task import SentimentTask
 from dpo_teach.sentiment.models import TinyGPT2
+
+TRAINING = [(task_module, "train_sft"), (methods_module, "train_dpo"), (task_module, "sample"),
+            (task_module, "train_tokenizer")]  # fmt: skip
 
 
 def toy(config):
@@ -27,12 +33,14 @@ def toy(config):
     config.dpo = dataclasses.replace(config.dpo, max_steps=3, batch_size=2, eval_every=3, save_every=3,
                                      eval_batch_size=8, max_length=32, max_prompt_length=12, optimizer="adamw",
                                      learning_rate=1e-3, warmup_steps=0, mixed_precision="no")  # fmt: skip
+    for name in ("preferred_ft", "unlikelihood", "reward_model", "ppo"):  # one accelerator: one precision, the CPU's
+        setattr(config, name, dataclasses.replace(getattr(config, name), mixed_precision="no"))
     return config
 
 
 def run_all(task: SentimentTask):
     train_path, eval_path = task.preference_pairs()
-    dpo_dir = task.dpo_policy(beta=0.5)
+    dpo_dir, _ = train_method(task, Method("dpo", "beta", 0.5))  # the frontier's own DPO run
     return train_path, eval_path, dpo_dir, task.evaluate(dpo_dir)
 
 
@@ -49,8 +57,8 @@ def test_the_tiny_pipeline_runs_caches_and_invalidates(tmp_path, monkeypatch):
     assert evaluation.num_samples == 8 and 0.0 <= evaluation.mean_reward <= 1.0 and evaluation.kl >= 0.0
 
     # a second task over the same run directory reuses every stage
-    for name in ("train_sft", "train_dpo", "sample", "train_tokenizer"):
-        monkeypatch.setattr(task_module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran again"))
+    for module, name in TRAINING:
+        monkeypatch.setattr(module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran again"))
     assert run_all(SentimentTask(config, tmp_path, progress_bar=False))[:3] == (train_path, eval_path, dpo_dir)
 
     # a changed SFT config redoes SFT and everything downstream of it, and only that
@@ -66,8 +74,8 @@ def test_the_tiny_pipeline_runs_caches_and_invalidates(tmp_path, monkeypatch):
 
         return record
 
-    for name in ("train_sft", "train_dpo", "sample", "train_tokenizer"):
-        monkeypatch.setattr(task_module, name, recording(name, getattr(task_module, name)))
+    for module, name in TRAINING:
+        monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
     run_all(SentimentTask(changed, tmp_path, progress_bar=False))
     assert ran == ["train_sft", "sample", "train_dpo"]
 
@@ -121,6 +129,9 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch,
     assert [record["step"] for record in records if "loss" in record] == list(range(1, 31))  # each step logged once
 
 
-def test_a_run_name_cannot_overwrite_another_stage(tmp_path):
-    with pytest.raises(ValueError, match="'sft' is the directory of another stage"):
-        SentimentTask(toy(preset("tiny")), tmp_path, progress_bar=False).dpo_policy(name="sft")
+def test_a_run_never_takes_the_directory_of_a_stage():
+    """Run directories begin with their method's name, so no run (overrides included) writes into a stage's."""
+    config = toy(preset("tiny"))
+    stages = {"tokenizer", "sft", "pairs", "reward-model", "sft-evaluation", "reference-cache"}
+    runs = [method.run for method in sweep_methods(config)] + [Method("dpo", "beta", 0.1, (("loss", "ipo"),)).run]
+    assert "dpo-beta-0.1-loss-ipo" in runs and not stages & set(runs)

@@ -20,7 +20,8 @@ import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dpo_teach import logprobs
-from dpo_teach.logprobs import IGNORE_INDEX, completion_logps, concatenated_logps, sequence_logps
+from dpo_teach.data import IGNORE_INDEX
+from dpo_teach.logprobs import completion_logps, concatenated_logps, sequence_logps
 from dpo_teach.losses import dpo_loss
 
 TIGHT = {"atol": 1e-12, "rtol": 1e-12}

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from dpo_teach.sampling import SamplingConfig, sample
 from dpo_teach.sentiment.evaluate import Evaluation, evaluate, sequence_kl
-from dpo_teach.sentiment.sampling import SamplingConfig, sample
 
 VOCAB_SIZE, EOS, MAX_NEW_TOKENS = 4, 3, 3  # the enumerable world: tokens 0, 1, 2 and EOS, at most 3 new tokens
 PROMPT = [0, 1]

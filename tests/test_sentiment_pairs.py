@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dpo_teach.data import DataError, load_examples, tokenize_preference
+from dpo_teach.sampling import Samples, SamplingConfig, sample
 from dpo_teach.sentiment.pairs import build_pairs, load_pairs, save_pairs
-from dpo_teach.sentiment.sampling import Samples, SamplingConfig, sample
 
 
 def _samples(prompts: list[str], completions: list[str]) -> Samples:

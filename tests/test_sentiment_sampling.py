@@ -8,14 +8,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from dpo_teach.sentiment.sampling import (
-    Samples,
-    SamplingConfig,
-    _generation_kwargs,
-    _left_pad,
-    make_prompts,
-    sample,
-)
+from dpo_teach.sampling import Samples, SamplingConfig, _generation_kwargs, sample
+from dpo_teach.sentiment.prompts import make_prompts
 
 PROMPTS = ["The movie", "This film was great and I", "The"]
 REVIEWS = [
@@ -122,7 +116,8 @@ def test_left_padding_leaves_next_token_logits_unchanged(tiny_tokenizer, make_ti
     logits of the prompt alone: at the first step and, through the KV cache, at every later one."""
     model = make_tiny_gpt2(0).eval()
     prompt_ids = [_token_ids(tiny_tokenizer, prompt) for prompt in PROMPTS]
-    input_ids, attention_mask = _left_pad(prompt_ids, tiny_tokenizer.pad_token_id)  # (3, T)
+    padded = tiny_tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt")  # as sample pads
+    input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (3, T)
     assert attention_mask.sum(dim=1).tolist() == [len(ids) for ids in prompt_ids]
     kwargs = _generation_kwargs(SamplingConfig(max_new_tokens=1), tiny_tokenizer)
     greedy = {"do_sample": False, "max_new_tokens": 5, "pad_token_id": tiny_tokenizer.pad_token_id}

@@ -198,11 +198,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(
     assert GPT2LMHeadModel.from_pretrained(output_dir / "checkpoints" / "step-00000002" / "policy") is not None
 
 
-def test_bfloat16_autocast_after_a_float32_run_in_the_same_process(tmp_path, tiny_pairs, run, monkeypatch):
+def test_bfloat16_autocast_keeps_logits_low_and_log_probs_float32(tmp_path, tiny_pairs, run, monkeypatch):
     """Mixed precision: forward passes in bfloat16, log-probs in float32; policy and reference in the same
-    autocast, so the rewards are exactly 0 before the first update. The second run in this process asks for
-    another precision than the first, which accelerate's global state would refuse without the reset."""
-    run("float32", tiny_pairs, max_steps=1)
+    autocast, so the rewards are exactly 0 before the first update."""
     logits_dtypes = []
     original = logprobs.sequence_logps
 
@@ -220,10 +218,18 @@ def test_bfloat16_autocast_after_a_float32_run_in_the_same_process(tmp_path, tin
     assert second_step["rewards/margins"] != 0.0 and math.isfinite(second_step["loss"])
 
 
+def test_another_precision_in_the_same_process_is_refused_with_the_fix(tmp_path, tiny_pairs, run):
+    """accelerate keeps one precision per process; the trainers do not reset its state behind the caller's back
+    (that would pull it from under an accelerator the caller still uses), so a second precision is an error that
+    says what to do."""
+    run("float32", tiny_pairs, max_steps=1)
+    with pytest.raises(ValueError, match=r"mixed_precision: this process already trains with 'no'.*restart"):
+        run("bfloat16", tiny_pairs, mixed_precision="bf16", max_steps=1)
+
+
 def test_metrics_reach_accelerate_trackers(tmp_path, tiny_tokenizer, make_tiny_gpt2, tiny_pairs):
     """What goes to metrics.jsonl also goes to every tracker (TensorBoard, W&B, ...) through accelerator.log."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.tracking import GeneralTracker
 
     class RecordingTracker(GeneralTracker):
@@ -244,8 +250,7 @@ def test_metrics_reach_accelerate_trackers(tmp_path, tiny_tokenizer, make_tiny_g
             self.logged.append({"step": step, **values})
 
     tracker = RecordingTracker()
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(log_with=[tracker])
+    accelerator = Accelerator(log_with=[tracker], step_scheduler_with_optimizer=False)
     config = dpo_config(tmp_path / "tracked", max_steps=2, eval_every=2)
     train_dpo(config, make_tiny_gpt2(), tiny_tokenizer, tiny_pairs[8:], tiny_pairs[:8], accelerator=accelerator)
     assert tracker.configuration["beta"] == config.beta
@@ -253,10 +258,10 @@ def test_metrics_reach_accelerate_trackers(tmp_path, tiny_tokenizer, make_tiny_g
 
 
 def test_a_tracker_that_is_not_installed_is_an_error(tmp_path):
-    from dpo_teach.train.loop import make_accelerator
+    from dpo_teach.train.run import make_accelerator
 
     with pytest.raises(ValueError, match=r"log_with: \['tensorboard'\] requested but not installed"):
-        make_accelerator(dpo_config(tmp_path, log_with="tensorboard"))
+        make_accelerator("no", ["tensorboard"], str(tmp_path))
 
 
 def test_every_logged_metric_is_documented(tmp_path, tiny_pairs, run):

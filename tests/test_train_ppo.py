@@ -13,7 +13,7 @@ from transformers import GPT2LMHeadModel
 from dpo_teach.train import ppo as ppo_module
 from dpo_teach.train.config import PPOConfig
 from dpo_teach.train.ppo import train_ppo
-from dpo_teach.train.rollout import make_value_model, rollout_batch, token_logps, token_values
+from dpo_teach.train.rollout import make_value_model, rollout_batch, rollout_logps, token_values
 
 PROMPTS = ["This film", "A plot", "Acting", "It was", "I saw it", "Wow,", "My", "Pity:"]  # no letter 'e'
 
@@ -59,7 +59,7 @@ def test_the_rollout_layout_scores_each_token_like_the_unpadded_sequence(tiny_to
     completion_ids = [[11, 12], [13, 14, 15, 16], [tiny_tokenizer.eos_token_id]]
     batch = rollout_batch(prompt_ids, completion_ids, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
-        logps, entropy = token_logps(policy, batch, with_entropy=True)  # (3, 4) each
+        logps, entropy = rollout_logps(policy, batch, with_entropy=True)  # (3, 4) each
         values = token_values(value_model, batch)  # (3, 4)
         for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
             input_ids = torch.tensor([prompt + completion])

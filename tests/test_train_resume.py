@@ -21,19 +21,19 @@ KILLING_LAUNCHER = textwrap.dedent(
     """
     import os, signal, sys
 
-    from dpo_teach import cli
-    from dpo_teach.train import checkpoint, dpo
+    from dpo_teach import cli, io
+    from dpo_teach.train import dpo
 
     moment, step = sys.argv[1], int(sys.argv[2])
     if moment == "checkpoint":  # die after save_state, before the rename that completes the checkpoint
-        original_replace = checkpoint.os.replace
+        original_replace = io.os.replace
 
         def replace(source, destination):
             if str(destination).endswith(f"step-{step:08d}"):
                 os.kill(os.getpid(), signal.SIGKILL)
             original_replace(source, destination)
 
-        checkpoint.os.replace = replace
+        io.os.replace = replace
     elif moment == "step":  # die in the forward pass of optimizer step `step` (one micro-batch per step)
         original_call, calls = dpo.DPOObjective.__call__, []
 

@@ -14,13 +14,12 @@ from accelerate.utils import set_seed
 from transformers import GPT2ForSequenceClassification
 
 from dpo_teach.data import tokenize_preference
-from dpo_teach.losses import dpo_loss
+from dpo_teach.losses import bradley_terry_loss, dpo_loss
 from dpo_teach.sentiment.rewards import make_reward
 from dpo_teach.train import reward_model as reward_model_module
 from dpo_teach.train.config import RewardModelConfig
 from dpo_teach.train.loop import micro_batch_indices
 from dpo_teach.train.reward_model import (
-    bradley_terry_loss,
     collate_scored_pairs,
     load_reward_model,
     reward_scores,

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from dpo_teach.logprobs import IGNORE_INDEX, sequence_logps, token_logps
+from dpo_teach.data import IGNORE_INDEX
+from dpo_teach.logprobs import sequence_logps, token_logps
 from dpo_teach.losses import log1mexp, nll_loss, unlikelihood_loss
 
 LOSS = {"atol": 1e-10, "rtol": 0.0}

@@ -8,24 +8,25 @@ Every method starts from the SFT policy, which is also its reference pi_ref:
 - **Preferred-FT**: supervised fine-tuning on the chosen completions only;
 - **Unlikelihood(alpha)**: likelihood of the chosen completion, unlikelihood of the rejected one.
 
-A :class:`Method` names one run; :func:`trainer` gives its trainer's config and a function that trains it to
-a given step, resuming from its checkpoints, so the sweep can stop at every evaluation step and continue the
-same run afterwards.
+A :class:`Method` names one run; :func:`trainer` gives its trainer's config and a function that trains it with
+the task's accelerator and the callbacks it is given (the sweep's evaluation of the run's curve), resuming
+from its checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_teach.config import TaskConfig
+from dpo_teach.frontier.presets import TaskConfig
 from dpo_teach.frontier.task import SentimentTask
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.dpo import train_dpo
 from dpo_teach.train.ppo import train_ppo
+from dpo_teach.train.run import Callback
 from dpo_teach.train.sft import train_sft
 from dpo_teach.train.unlikelihood import train_unlikelihood
 
@@ -41,11 +42,16 @@ class Method:
     """Name of the swept hyper-parameter: 'beta' (DPO), 'target_kl' (PPO), 'alpha' (Unlikelihood)."""
     value: float | None = None
     """Its value."""
+    overrides: tuple[tuple[str, object], ...] = ()
+    """Other fields of the trainer's config to replace, as (name, value) pairs, e.g. ``(("loss", "ipo"),)``:
+    a variant outside the sweep (notebook 6's exercises), in a run directory of its own."""
 
     @property
     def run(self) -> str:
-        """Directory name of the run, e.g. ``dpo-beta-0.1``."""
-        return self.method if self.value is None else f"{self.method}-{self.parameter}-{self.value:g}"
+        """Directory name of the run, e.g. ``dpo-beta-0.1`` (``dpo-beta-0.1-loss-ipo`` with an override)."""
+        name = self.method if self.value is None else f"{self.method}-{self.parameter}-{self.value:g}"
+        return "-".join([name, *(f"{field}-{value:g}" if isinstance(value, float) else f"{field}-{value}"
+                                 for field, value in self.overrides)])  # fmt: skip
 
 
 def sweep_methods(config: TaskConfig) -> list[Method]:
@@ -64,40 +70,51 @@ def _chosen_completions(path: Path) -> list[dict]:
     return [{"prompt": pair["prompt"], "completion": pair["chosen"]} for pair in pairs]
 
 
-def _dpo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+Train = Callable[[TrainConfig, Sequence[Callback]], Path]
+"""``train(config, callbacks) -> final model dir``: one method's trainer on the task's stages."""
+
+
+def _dpo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
     # every DPO run has the same reference (the SFT policy) and pairs: their log-probs are computed once
     config = dataclasses.replace(
         task.config.dpo, beta=method.value, reference_cache_dir=str(task.run_dir / "reference-cache")
     )
 
-    def train(config: TrainConfig) -> Path:
+    def train(config: TrainConfig, callbacks: Sequence[Callback]) -> Path:
         train_path, eval_path = task.preference_pairs()
-        return train_dpo(config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path))
+        return train_dpo(
+            config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path), task.accelerator, callbacks
+        )
 
     return config, train
 
 
-def _preferred_ft(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
-    def train(config: TrainConfig) -> Path:
+def _preferred_ft(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
+    def train(config: TrainConfig, callbacks: Sequence[Callback]) -> Path:
         train_path, eval_path = task.preference_pairs()
         chosen, held_out = _chosen_completions(train_path), _chosen_completions(eval_path)
-        return train_sft(config, task.sft_model(), task.tokenizer, chosen, held_out)
+        return train_sft(config, task.sft_model(), task.tokenizer, chosen, held_out, task.accelerator, callbacks)
 
     return task.config.preferred_ft, train
 
 
-def _unlikelihood(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
-    def train(config: TrainConfig) -> Path:
+def _unlikelihood(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
+    def train(config: TrainConfig, callbacks: Sequence[Callback]) -> Path:
         train_path, eval_path = task.preference_pairs()
-        return train_unlikelihood(config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path))
+        return train_unlikelihood(
+            config, task.sft_model(), task.tokenizer, str(train_path), str(eval_path), task.accelerator, callbacks
+        )
 
     return dataclasses.replace(task.config.unlikelihood, alpha=method.value), train
 
 
-def _ppo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
-    def train(config: TrainConfig) -> Path:
+def _ppo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
+    def train(config: TrainConfig, callbacks: Sequence[Callback]) -> Path:
         reward = task.reward if method.method == "ppo-gt" else task.learned_reward
-        return train_ppo(config, task.sft_model(), task.tokenizer, task.pair_prompts, reward)
+        return train_ppo(
+            config, task.sft_model(), task.tokenizer, task.pair_prompts, reward, accelerator=task.accelerator,
+            callbacks=callbacks,
+        )  # fmt: skip
 
     return dataclasses.replace(task.config.ppo, target_kl=method.value), train
 
@@ -111,13 +128,13 @@ def eval_every(config: TaskConfig, method: Method) -> int:
     return config.ppo_eval_every if method.method.startswith("ppo") else config.frontier_eval_every
 
 
-def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Callable[[TrainConfig], Path]]:
+def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
     """The config of ``method``'s trainer, set to checkpoint at every evaluation step, and its train function."""
     if method.method not in TRAINERS:
         raise ValueError(f"method: unknown {method.method!r}; expected one of {sorted(TRAINERS)}")
     config, train = TRAINERS[method.method](task, method)
     config = dataclasses.replace(
-        config, save_every=eval_every(task.config, method), keep_checkpoints=1, progress_bar=task.progress_bar,
-        resume=True,
+        config, **dict(method.overrides), save_every=eval_every(task.config, method), keep_checkpoints=1,
+        progress_bar=task.progress_bar, resume=True,
     )  # fmt: skip
     return config, train

@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from dpo_teach import io
+
 COLUMNS = (
     "method", "parameter", "value", "run", "step", "reward", "reward_sem", "kl", "kl_sem",
     "kl_log_ratio", "kl_log_ratio_sem", "samples",
@@ -40,12 +42,14 @@ def append_row(path: Path, row: dict) -> None:
 
 def write_results(rows: list[dict], path: Path) -> None:
     """``results.csv`` with :data:`COLUMNS`, rows in the order given, written atomically."""
-    temporary = path.with_suffix(".incomplete")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(path)
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    io.write_atomically(path, write)
 
 
 def _number(text: str) -> float | int | None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
 
+from dpo_teach import io
 from dpo_teach.frontier import processes
 
 STAGE_VERSION = 1
@@ -65,8 +65,5 @@ class Stage:
         processes.wait_for_everyone()
 
     def _write(self, done: bool) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.record.with_suffix(".incomplete")
         record = {"key": self.key, "done": done, "output": uuid.uuid4().hex if done else None, "inputs": self.inputs}
-        temporary.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(temporary, self.record)
+        io.write_text_atomically(self.record, json.dumps(record, indent=2, default=str))

@@ -1,13 +1,15 @@
 """The sweep behind ``dpo-teach frontier``: train every method, evaluate its checkpoints, write the table.
 
     SFT policy (step 0 of every method) -> for each run of ``sweep_methods(config)``:
-        train to step e, evaluate, train on to step 2e, evaluate, ... up to the trainer's max_steps
+        train, evaluating the policy at steps e, 2e, ... and at the trainer's max_steps
     -> RUN/results.csv (one row per evaluated checkpoint) -> frontier.png (``dpo_teach.plots``)
 
 Each run is a stage (``dpo_teach.frontier.stage``) keyed on its trainer's config, the upstream stages
-it uses and the evaluation settings. Training stops at every evaluation step and continues from the
-checkpoint written there (resuming is exact, see ``dpo_teach.train.checkpoint``), so a sweep killed at
-any moment loses at most the work since the last checkpoint, and a finished evaluation is never redone.
+it uses and the evaluation settings. The evaluation is a callback of the trainer's run
+(``dpo_teach.train.run``): the trainer calls it after every step and it evaluates the policy in memory at
+the run's evaluation steps, before the checkpoint written there. A sweep killed at any moment resumes from
+the last checkpoint (resuming is exact, see ``dpo_teach.train.checkpoint``), and a finished evaluation is
+never redone.
 
 Under ``accelerate launch --num_processes N`` every process runs this whole sweep: it trains with the
 others and evaluates every checkpoint like them; the main process alone writes the rows, the samples and
@@ -22,9 +24,12 @@ import json
 import time
 from pathlib import Path
 
-from dpo_teach.config import TaskConfig
+import torch
+from accelerate import Accelerator
+
 from dpo_teach.frontier import processes
 from dpo_teach.frontier.methods import Method, eval_every, sweep_methods, trainer
+from dpo_teach.frontier.presets import TaskConfig
 from dpo_teach.frontier.results import append_row, read_rows, write_results
 from dpo_teach.frontier.stage import Stage
 from dpo_teach.frontier.task import SentimentTask
@@ -49,11 +54,12 @@ def _row(method: Method, step: int, evaluation: Evaluation) -> dict:
     }  # fmt: skip
 
 
-def _evaluate_into(task: SentimentTask, stage: Stage, method: Method, step: int, policy_dir: Path) -> dict:
-    """Evaluate ``policy_dir``; append its row to the stage's evaluations and keep its samples beside them.
-
-    Every process evaluates; the main one writes, and every process returns the row as written."""
-    evaluation = task.evaluate(policy_dir)
+def _evaluate_into(
+    task: SentimentTask, stage: Stage, method: Method, step: int, policy: Path | torch.nn.Module
+) -> dict:
+    """Evaluate ``policy`` (a saved directory or a model); append its row to the stage's evaluations and keep its
+    samples beside them. Every process evaluates; the main one writes, and every process returns the row as written."""
+    evaluation = task.evaluate(policy)
     evaluations = stage.directory / EVALUATIONS
     if processes.is_main_process():
         samples = stage.directory / "samples" / f"step-{step:08d}.jsonl"
@@ -64,6 +70,22 @@ def _evaluate_into(task: SentimentTask, stage: Stage, method: Method, step: int,
         print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
     processes.wait_for_everyone()
     return read_rows(evaluations)[-1]
+
+
+class CurveEvaluation:
+    """The callback that traces a run's curve: at each of ``steps`` not yet evaluated, the policy's reward and KL on
+    the held-out prompts (one row of ``evaluations.jsonl``, its samples beside it), logged as ``eval/frontier/*``."""
+
+    def __init__(self, task: SentimentTask, stage: Stage, method: Method, steps: list[int]) -> None:
+        self.task, self.stage, self.method, self.steps = task, stage, method, set(steps)
+        self.evaluated = {row["step"] for row in read_rows(stage.directory / EVALUATIONS)}  # an interrupted stage's
+
+    def __call__(self, step: int, model: torch.nn.Module) -> dict[str, float] | None:
+        if step not in self.steps or step in self.evaluated:
+            return None
+        row = _evaluate_into(self.task, self.stage, self.method, step, model)
+        self.evaluated.add(step)
+        return {"frontier/reward": row["reward"], "frontier/kl": row["kl"]}
 
 
 def evaluate_reference(task: SentimentTask) -> list[dict]:
@@ -77,34 +99,34 @@ def evaluate_reference(task: SentimentTask) -> list[dict]:
     return read_rows(stage.directory / EVALUATIONS)
 
 
-def run_method(task: SentimentTask, method: Method) -> list[dict]:
-    """Train ``method`` to each of its evaluation steps in turn and evaluate it there; returns its rows."""
+def train_method(task: SentimentTask, method: Method) -> tuple[Path, list[dict]]:
+    """Train ``method`` (or reuse its finished stage), evaluating it at each of its evaluation steps; returns its final
+    policy's directory and its rows."""
     config, train = trainer(task, method)
     steps = evaluation_steps(config.max_steps, eval_every(task.config, method))
     inputs = {"upstream": task.upstream_ids(method.method), "evaluation": task.evaluation_inputs(), "steps": steps}
     inputs["trainer"] = {key: value for key, value in dataclasses.asdict(config).items() if key != "progress_bar"}
     stage = Stage(task.run_dir / method.run, inputs)
-    if stage.done:
-        return read_rows(stage.directory / EVALUATIONS)
-    stage.start()
-    rows = read_rows(stage.directory / EVALUATIONS)
-    evaluated = {row["step"] for row in rows}
-    for step in steps:
-        if step in evaluated:
-            continue
-        policy_dir = train(dataclasses.replace(config, max_steps=step, output_dir=str(stage.directory / "train")))
-        rows.append(_evaluate_into(task, stage, method, step, policy_dir))
-    stage.finish()
-    return rows
+    if not stage.done:
+        stage.start()
+        train(
+            dataclasses.replace(config, output_dir=str(stage.directory / "train")),
+            [CurveEvaluation(task, stage, method, steps)],
+        )
+        stage.finish()
+    return stage.directory / "train" / "final", read_rows(stage.directory / EVALUATIONS)
 
 
-def run_frontier(config: TaskConfig, out: str | Path, progress_bar: bool = True) -> list[dict]:
+def run_frontier(
+    config: TaskConfig, out: str | Path, progress_bar: bool = True, accelerator: Accelerator | None = None
+) -> list[dict]:
     """Run the whole sweep of ``config`` in ``out`` (reusing what is there); returns the rows of results.csv.
 
-    Under ``accelerate launch`` every process calls this and gets the same rows; the main process writes the file.
+    ``accelerator`` (the caller's, passed to every trainer) defaults to one made by the task. Under
+    ``accelerate launch`` every process calls this and gets the same rows; the main process writes the file.
     """
     out = Path(out)
-    task = SentimentTask(config, out, progress_bar)
+    task = SentimentTask(config, out, progress_bar, accelerator)
     methods = sweep_methods(config)
     started = time.perf_counter()
     processes.print_main(
@@ -114,7 +136,7 @@ def run_frontier(config: TaskConfig, out: str | Path, progress_bar: bool = True)
     rows = evaluate_reference(task)
     for index, method in enumerate(methods, start=1):
         processes.print_main(f"[{index}/{len(methods)}] {method.run} ({time.perf_counter() - started:.0f} s so far)")
-        rows += run_method(task, method)
+        rows += train_method(task, method)[1]
         if processes.is_main_process():
             write_results(rows, out / "results.csv")
     if processes.is_main_process():

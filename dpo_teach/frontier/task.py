@@ -1,14 +1,15 @@
 """The sentiment task end to end, one stage at a time, each cached in the run directory.
 
     corpus -> tokenizer -> SFT policy (= pi_ref) -> prompts -> K samples per prompt -> rewards
-    -> preference pairs -> DPO(beta) -> evaluation (reward and KL on held-out prompts)
+    -> preference pairs -> reward model; evaluation (reward and KL on held-out prompts)
 
 :class:`SentimentTask` computes a stage the first time it is asked for and reuses it afterwards. A
-stage that writes files (tokenizer, SFT, pairs, DPO) records a hash of its inputs in
+stage that writes files (tokenizer, SFT, pairs, reward model) records a hash of its inputs in
 ``RUN/<stage>/stage.json``: unchanged inputs reuse the finished stage, or resume an interrupted one
-from its last checkpoint; changed inputs start it afresh. Every preset runs this same code, in one process
-or under ``accelerate launch``: every process trains and samples, the main one writes the files
-(``dpo_teach.frontier.processes``).
+from its last checkpoint; changed inputs start it afresh. The methods trained on these stages (DPO and
+the baselines) are the frontier's (``dpo_teach.frontier.methods`` and ``sweep``). Every preset runs this
+same code, in one process or under ``accelerate launch``: every process trains and samples with the one
+accelerator of the task, the main one writes the files (``dpo_teach.frontier.processes``).
 """
 
 from __future__ import annotations
@@ -19,25 +20,27 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
-from dpo_teach.config import TaskConfig
+from dpo_teach import io
 from dpo_teach.frontier import processes
+from dpo_teach.frontier.presets import TaskConfig
 from dpo_teach.frontier.stage import Stage
+from dpo_teach.sampling import sample
 from dpo_teach.sentiment.corpus import Review, imdb_corpus, synthetic_corpus
 from dpo_teach.sentiment.evaluate import Evaluation, evaluate
 from dpo_teach.sentiment.models import tiny_gpt2, train_tokenizer
 from dpo_teach.sentiment.pairs import build_pairs, save_pairs
+from dpo_teach.sentiment.prompts import make_prompts
 from dpo_teach.sentiment.rewards import make_reward
-from dpo_teach.sentiment.sampling import make_prompts, sample
-from dpo_teach.train.dpo import train_dpo
 from dpo_teach.train.models import load_causal_lm, load_tokenizer
-from dpo_teach.train.reward_model import load_reward_model, train_reward_model
+from dpo_teach.train.reward_model import train_reward_model
+from dpo_teach.train.run import make_accelerator
 from dpo_teach.train.sft import train_sft
 
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
-RESERVED_NAMES = ("tokenizer", "sft", "pairs", "reward-model", "sft-evaluation", "reference-cache")
 
 
 def _fields(config, *excluded: str) -> dict:
@@ -47,10 +50,19 @@ def _fields(config, *excluded: str) -> dict:
 class SentimentTask:
     """The stages of the task for one :class:`TaskConfig`, computed on demand and cached under ``run_dir``."""
 
-    def __init__(self, config: TaskConfig, run_dir: str | Path, progress_bar: bool = True) -> None:
+    def __init__(
+        self, config: TaskConfig, run_dir: str | Path, progress_bar: bool = True, accelerator: Accelerator | None = None
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.progress_bar = progress_bar
+        self._accelerator = accelerator
+
+    @cached_property
+    def accelerator(self) -> Accelerator:
+        """The one accelerator every trainer of the task is given: the caller's, or one made here with the preset's
+        precision. The trainers never end it; under ``accelerate launch`` its owner (the caller) does."""
+        return self._accelerator or make_accelerator(self.config.mixed_precision)
 
     @property
     def sampling_progress_bar(self) -> bool:
@@ -109,14 +121,14 @@ class SentimentTask:
             train = [{"text": review.text} for review in self.corpus["train"]]
             held_out = [{"text": review.text} for review in self.corpus["test"][: config.sft_eval_reviews]]
             sft = dataclasses.replace(config.sft, output_dir=str(stage.directory), progress_bar=self.progress_bar)
-            train_sft(sft, model, self.tokenizer, train, held_out)
+            train_sft(sft, model, self.tokenizer, train, held_out, accelerator=self.accelerator)
             stage.finish()
         return stage.directory / "final"
 
     def load_policy(self, directory: str | Path) -> torch.nn.Module:
         """A saved policy in eval mode on this process's device (a GPU when there is one), for sampling and
         evaluation; the trainers move the models they train themselves."""
-        return load_causal_lm(str(directory)).to(processes.state().device).eval()
+        return load_causal_lm(str(directory)).to(self.accelerator.device).eval()
 
     def sft_model(self) -> torch.nn.Module:
         """A fresh copy of the SFT policy in train mode: the starting point of every method."""
@@ -182,28 +194,10 @@ class SentimentTask:
             if processes.is_main_process():
                 save_pairs([pair for pair in pairs if pair["prompt"] not in held_out_prompts], train_path)
                 save_pairs([pair for pair in pairs if pair["prompt"] in held_out_prompts], eval_path)
-                (stage.directory / "summary.json").write_text(
-                    json.dumps({"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}, indent=2)
-                )
+                summary = {"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}
+                io.write_text_atomically(stage.directory / "summary.json", json.dumps(summary, indent=2))
             stage.finish()
         return train_path, eval_path
-
-    def dpo_policy(self, name: str = "dpo", **overrides) -> Path:
-        """Directory of a policy trained with ``config.dpo`` (``overrides`` replace its fields, e.g. beta) on the
-        pairs, starting from the SFT policy, which is also its reference."""
-        if name in RESERVED_NAMES:
-            raise ValueError(f"name: {name!r} is the directory of another stage; choose another name")
-        train_path, eval_path = self.preference_pairs()
-        dpo = dataclasses.replace(self.config.dpo, **overrides)
-        inputs = {"pairs": Stage.output_id(train_path.parent)}
-        inputs["dpo"] = _fields(dpo, "output_dir", "progress_bar")
-        stage = Stage(self.run_dir / name, inputs)
-        if not stage.done:
-            stage.start()
-            dpo = dataclasses.replace(dpo, output_dir=str(stage.directory), progress_bar=self.progress_bar)
-            train_dpo(dpo, self.load_policy(self.sft_policy()).train(), self.tokenizer, str(train_path), str(eval_path))
-            stage.finish()
-        return stage.directory / "final"
 
     def reward_model(self) -> Path:
         """Directory of the Bradley-Terry reward model trained on the pairs from the SFT policy (PPO-RM's reward)."""
@@ -214,10 +208,10 @@ class SentimentTask:
         if not stage.done:
             stage.start()
             config = dataclasses.replace(
-                self.config.reward_model, output_dir=str(stage.directory), progress_bar=self.progress_bar
-            )
-            model = load_reward_model(str(self.sft_policy()))
-            train_reward_model(config, model, self.tokenizer, str(train_path), str(eval_path))
+                self.config.reward_model, model=str(self.sft_policy()), output_dir=str(stage.directory),
+                progress_bar=self.progress_bar,
+            )  # fmt: skip  # the trainer loads the SFT policy with a new score head, seeded by config.seed
+            train_reward_model(config, None, self.tokenizer, str(train_path), str(eval_path), self.accelerator)
             stage.finish()
         return stage.directory / "final"
 
@@ -231,10 +225,12 @@ class SentimentTask:
         """The SFT policy loaded once: pi_ref of every evaluation (the frontier evaluates many checkpoints)."""
         return self.load_policy(self.sft_policy())
 
-    def evaluate(self, policy_dir: str | Path, num_samples_per_prompt: int = 1) -> Evaluation:
-        """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts (every
-        process computes the same evaluation)."""
+    def evaluate(self, policy: str | Path | torch.nn.Module, num_samples_per_prompt: int = 1) -> Evaluation:
+        """Mean ground-truth reward and KL(pi || pi_ref) of a policy's samples on the held-out prompts: ``policy`` is
+        a saved policy's directory or a model (a trainer's, prepared or not). Every process computes the same
+        evaluation."""
+        model = self.load_policy(policy) if isinstance(policy, str | Path) else self.accelerator.unwrap_model(policy)
         return evaluate(
-            self.load_policy(policy_dir), self.reference, self.tokenizer, self.eval_prompts,
-            self.reward, self.config.sampling, num_samples_per_prompt, self.sampling_progress_bar,
+            model, self.reference, self.tokenizer, self.eval_prompts, self.reward, self.config.sampling,
+            num_samples_per_prompt, self.sampling_progress_bar,
         )  # fmt: skip

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from dpo_teach.logprobs import LOGSUMEXP_CHUNK_ELEMENTS
-from dpo_teach.sentiment.sampling import SamplingConfig, sample
+from dpo_teach.data import IGNORE_INDEX, collate_sft, to_device
+from dpo_teach.logprobs import completion_logits, token_kl
+from dpo_teach.sampling import SamplingConfig, sample
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -61,25 +62,6 @@ class Evaluation:
     """One row per completion: ``prompt``, ``completion``, ``reward``, ``kl`` (token_kl), ``kl_log_ratio``."""
 
 
-def _right_padded(
-    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``input_ids``, ``attention_mask`` and ``completion_mask``, each ``(N, T)``, right-padded with zeros.
-
-    ``completion_mask`` marks the positions of completion tokens, i.e. the tokens whose probability is scored.
-    """
-    rows = [list(prompt) + list(completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
-    length = max(len(row) for row in rows)
-    input_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
-    completion_mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for index, (row, prompt) in enumerate(zip(rows, prompt_ids, strict=True)):
-        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[index, : len(row)] = 1
-        completion_mask[index, len(prompt) : len(row)] = True
-    return input_ids, attention_mask, completion_mask
-
-
 @torch.no_grad()
 def _batch_kl(
     policy: torch.nn.Module,
@@ -88,40 +70,21 @@ def _batch_kl(
     completion_ids: Sequence[Sequence[int]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_ratio, token_kl)``, each ``(B,)`` float64 on the CPU, for one batch of B completions."""
-    input_ids, attention_mask, completion_mask = _right_padded(prompt_ids, completion_ids)  # (B, T) each
+    batch = collate_sft(
+        [{"input_ids": [*prompt, *completion], "labels": [IGNORE_INDEX] * len(prompt) + list(completion)}
+         for prompt, completion in zip(prompt_ids, completion_ids, strict=True)],
+        pad_token_id=0,
+    )  # fmt: skip  # right-padded (B, T); padding comes after every real token, so its id is never seen
     device = next(policy.parameters()).device
     reference_device = next(reference.parameters()).device
-    # Right padding: every row starts at position 0, so the default position ids are right (see logprobs).
-    policy_logits = policy(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-    reference_logits = reference(
-        input_ids=input_ids.to(reference_device), attention_mask=attention_mask.to(reference_device)
-    ).logits.to(device)  # (B, T, V)
-    targets = input_ids[:, 1:].to(device)  # (B, T-1): the token each position predicts
-    scored = completion_mask[:, 1:].to(device)  # (B, T-1): positions that predict a completion token
-    rows, _ = scored.nonzero(as_tuple=True)  # (M,) row of each completion token
-    policy_logits, reference_logits = policy_logits[:, :-1][scored], reference_logits[:, :-1][scored]  # (M, V)
-    targets = targets[scored]  # (M,)
-
-    dtype = torch.promote_types(policy_logits.dtype, torch.float32)  # fp32 at least, float64 if the model is
-    chunk_rows = max(1, LOGSUMEXP_CHUNK_ELEMENTS // policy_logits.shape[-1])
-    token_log_ratios, token_kls = [], []
-    for policy_chunk, reference_chunk, target_chunk in zip(
-        policy_logits.split(chunk_rows), reference_logits.split(chunk_rows), targets.split(chunk_rows), strict=True
-    ):
-        policy_logps = policy_chunk.to(dtype).log_softmax(dim=-1)  # (m, V) log pi(. | x, y_<t)
-        reference_logps = reference_chunk.to(dtype).log_softmax(dim=-1)  # (m, V) log pi_ref(. | x, y_<t)
-        # k1 estimator, http://joschu.net/blog/kl-approx.html: log pi(y_t | .) - log pi_ref(y_t | .), y_t ~ pi
-        log_ratio = (policy_logps - reference_logps).gather(-1, target_chunk[:, None]).squeeze(-1)  # (m,)
-        token_log_ratios.append(log_ratio)
-        # Exact KL_t = sum_v pi(v | .) (log pi(v | .) - log pi_ref(v | .)) >= 0 (Gibbs); clamp removes round-off only
-        token_kl = (policy_logps.exp() * (policy_logps - reference_logps)).sum(dim=-1).clamp_min(0)  # (m,)
-        token_kls.append(token_kl)
-
+    policy_logits, labels = completion_logits(policy, to_device(batch, device))  # (B, K, V), (B, K)
+    reference_logits, _ = completion_logits(reference, to_device(batch, reference_device))  # (B, K, V)
+    per_token = token_kl(policy_logits, reference_logits, labels)  # (M,) each
     # Sum over the time steps of each sequence; a row without completion tokens sums to 0
-    num_rows = input_ids.shape[0]
-    log_ratio = torch.zeros(num_rows, dtype=dtype, device=device).index_add(0, rows, torch.cat(token_log_ratios))
-    token_kl = torch.zeros(num_rows, dtype=dtype, device=device).index_add(0, rows, torch.cat(token_kls))
-    return log_ratio.double().cpu(), token_kl.double().cpu()
+    num_rows, dtype = len(prompt_ids), per_token.kl.dtype
+    log_ratio = torch.zeros(num_rows, dtype=dtype, device=device).index_add(0, per_token.rows, per_token.log_ratio)
+    kl = torch.zeros(num_rows, dtype=dtype, device=device).index_add(0, per_token.rows, per_token.kl)
+    return log_ratio.double().cpu(), kl.double().cpu()
 
 
 def sequence_kl(
@@ -144,8 +107,8 @@ def sequence_kl(
       KL(pi || pi_ref) = E_{y ~ pi} sum_t KL_t, so its mean is the same KL (the paper's footnote 3), and it
       has lower variance: it averages the log-ratio over every token at each step instead of the one sampled.
 
-    Both models run in eval mode under no_grad (their train/eval mode is restored afterwards); logits are
-    log-softmaxed in float32 (float64 for float64 models), a chunk of positions at a time.
+    Both models run in eval mode under no_grad (their train/eval mode is restored afterwards); the per-token
+    terms come from ``dpo_teach.logprobs.token_kl`` (float32, float64 for float64 models, chunked).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(completion_ids)} completions; pass one prompt each")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from dpo_teach import io
 from dpo_teach.data import DataError, load_examples
-from dpo_teach.sentiment.sampling import Samples
+from dpo_teach.sampling import Samples
 
 REWARD_FIELDS = ("chosen_reward", "rejected_reward")
 
@@ -70,18 +69,9 @@ def build_pairs(samples: Samples, rewards: torch.Tensor, tie_tolerance: float = 
 
 
 def save_pairs(pairs: list[dict], path: str | Path) -> None:
-    """Write ``pairs`` as JSONL, one pair per line, atomically: a temporary file in the same directory is
-    renamed over ``path`` only when complete, so a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False)
-    try:
-        with file:
-            file.writelines(json.dumps(pair) + "\n" for pair in pairs)
-        os.replace(file.name, path)
-    except BaseException:
-        Path(file.name).unlink(missing_ok=True)
-        raise
+    """Write ``pairs`` as JSONL, one pair per line, atomically (``dpo_teach.io``): a crash never leaves a
+    half-written file behind."""
+    io.write_text_atomically(path, "".join(json.dumps(pair) + "\n" for pair in pairs))
 
 
 def load_pairs(path: str | Path) -> list[dict]:

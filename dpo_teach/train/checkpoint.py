@@ -6,8 +6,8 @@ A checkpoint is a directory ``OUTPUT/checkpoints/step-00000100`` holding
     state/               ``accelerator.save_state``: weights, optimizer, scheduler, RNG states of every process
     trainer_state.json   the step, the data position and the config
 
-It is written under a temporary name and renamed when complete (a rename is atomic on POSIX), so
-a directory named ``step-*`` is always whole. Resuming loads ``state/``: the optimizer, the
+It is written under a temporary name and renamed when complete (``dpo_teach.io``), so a directory
+named ``step-*`` is always whole. Resuming loads ``state/``: the optimizer, the
 scheduler and every RNG continue exactly where they stopped (DDP and FSDP; the loop refuses DeepSpeed,
 see ``dpo_teach.train.loop``).
 """
@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
 
+from dpo_teach import io
+
 PREFIX = "step-"
-TEMPORARY_PREFIX = ".incomplete-"
 
 
 def _is_not_the_tied_weights_warning(record: logging.LogRecord) -> bool:
@@ -60,9 +60,9 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: str | Path, trainer_state: dict) -> Path:
     """Write the checkpoint of ``trainer_state["step"]``; every process must call this. Returns its path."""
     final = checkpoint_dir(output_dir, trainer_state["step"])
-    temporary = final.with_name(TEMPORARY_PREFIX + final.name)
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)  # left by a run killed while writing
+    temporary = io.temporary_path(final)
+    if accelerator.is_main_process:
+        io.remove_temporary_directory(final)  # left by a run killed while writing
     accelerator.wait_for_everyone()
     with _quiet_tied_weights():
         accelerator.save_state(str(temporary / "state"))
@@ -73,11 +73,7 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, output_dir: str 
         if tokenizer is not None:
             tokenizer.save_pretrained(temporary / "policy")
         (temporary / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-        replaced = final.with_name(TEMPORARY_PREFIX + "replaced-" + final.name)
-        if final.exists():  # the same step saved again (a resumed run): set the old one aside, never lose both
-            os.replace(final, replaced)
-        os.replace(temporary, final)
-        shutil.rmtree(replaced, ignore_errors=True)
+        io.replace_directory(temporary, final)  # the same step saved again (a resumed run) is replaced safely
     accelerator.wait_for_everyone()
     return final
 

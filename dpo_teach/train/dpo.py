@@ -28,13 +28,14 @@ from accelerate import Accelerator
 
 from dpo_teach.data import collate_preference
 from dpo_teach.logprobs import concatenated_logps
-from dpo_teach.losses import get_loss, nll_loss
+from dpo_teach.losses import get_loss, nll_loss, pairwise_accuracy
 from dpo_teach.train.config import DPOConfig
-from dpo_teach.train.loop import StepOutput, train_loop
+from dpo_teach.train.loop import train_loop
 from dpo_teach.train.models import DTYPES, load_causal_lm
+from dpo_teach.train.pairs import PairObjective, evaluate_pairs
 from dpo_teach.train.reference import reference_logps
-from dpo_teach.train.setup import prepare_run
-from dpo_teach.train.sharded import map_examples
+from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
 METRIC_NAMES = (
@@ -57,7 +58,7 @@ def collate_pairs(examples: list[dict], pad_token_id: int) -> Batch:
     return batch
 
 
-class DPOObjective:
+class DPOObjective(PairObjective):
     """The preference loss of one micro-batch of pairs; ``num_items`` counts pairs."""
 
     def __init__(self, config: DPOConfig, accelerator: Accelerator, reference: torch.nn.Module | None) -> None:
@@ -65,13 +66,7 @@ class DPOObjective:
         self.accelerator = accelerator
         self.loss_function = get_loss(config.loss)
         self.reference = reference  # None: the batches carry precomputed reference log-probs
-
-    def num_items(self, batch: Batch) -> int:
-        return batch["input_ids"].shape[0] // 2
-
-    def metric_names(self) -> list[str]:
-        """``loss`` and the per-pair metrics of :meth:`per_pair`, in its order."""
-        return [*METRIC_NAMES, *(["nll"] if self.config.nll_weight > 0 else [])]
+        self.metric_names = (*METRIC_NAMES, *(["nll"] if config.nll_weight > 0 else []))
 
     @torch.no_grad()
     def reference_logps(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +84,11 @@ class DPOObjective:
 
     def per_pair(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-pair losses ``(B,)`` (attached to the graph) and detached per-pair metrics, each ``(B,)``."""
-        policy = concatenated_logps(model, batch, average=self.config.average_logps)  # one forward over 2B rows
+        # log pi_theta(y_w | x) and log pi_theta(y_l | x) = sum_t log pi_theta(y_t | x, y_<t), one forward over 2B rows
+        policy = concatenated_logps(model, batch, average=self.config.average_logps)
         ref_chosen_logps, ref_rejected_logps = self.reference_logps(batch)
+        # DPO Eq. 7: loss = -log sigma(beta log pi(y_w|x)/pi_ref(y_w|x) - beta log pi(y_l|x)/pi_ref(y_l|x))
+        # (or the config's variant, dpo_teach.losses); rewards: DPO Eq. 5, r_hat = beta log pi(y|x)/pi_ref(y|x)
         losses, chosen_rewards, rejected_rewards = self.loss_function(
             policy.chosen,
             policy.rejected,
@@ -103,41 +101,16 @@ class DPOObjective:
             "rewards/chosen": chosen_rewards,
             "rewards/rejected": rejected_rewards,
             "rewards/margins": chosen_rewards - rejected_rewards,
-            # a tie counts 1/2, so a policy equal to its reference scores 0.5, not 0
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float()
-            + 0.5 * (chosen_rewards == rejected_rewards).float(),
+            "rewards/accuracies": pairwise_accuracy(chosen_rewards, rejected_rewards),  # a tie counts 1/2
             "logps/chosen": policy.chosen.detach(),
             "logps/rejected": policy.rejected.detach(),
         }
         if self.config.nll_weight > 0:
-            # RPO's term: per-token NLL of the chosen completion, from the same forward pass
+            # RPO's term, -log pi_theta(y_w | x) / |y_w| (per token), from the same forward pass
             nll = nll_loss(policy.chosen, None if self.config.average_logps else policy.chosen_tokens)
             metrics["nll"] = nll.detach()
             losses = losses + self.config.nll_weight * nll
         return losses, metrics
-
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> StepOutput:
-        losses, metrics = self.per_pair(model, batch)
-        return StepOutput(loss_sum=losses.sum(), metrics=metrics)
-
-
-def evaluate_pairs(
-    model: torch.nn.Module,
-    objective: DPOObjective,
-    examples: Sequence[dict],
-    collate,
-    batch_size: int,
-) -> dict[str, float]:
-    """Mean of every per-pair metric (and the loss) over the held-out pairs, the policy in eval mode."""
-    model.eval()
-
-    def metrics_of(batch: Batch) -> torch.Tensor:
-        losses, metrics = objective.per_pair(model, batch)
-        return torch.stack([losses.detach(), *metrics.values()], dim=1)  # (b, 1 + metrics)
-
-    accelerator, progress_bar = objective.accelerator, objective.config.progress_bar
-    table = map_examples(accelerator, examples, collate, batch_size, metrics_of, "evaluating", progress_bar)
-    return dict(zip(objective.metric_names(), table.mean(dim=0).tolist(), strict=True))
 
 
 def _reference_model(config: DPOConfig, policy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -161,43 +134,37 @@ def train_dpo(
     train_examples=None,
     eval_examples=None,
     accelerator: Accelerator | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train a policy with the preference loss of ``config``; returns the directory of the final model.
 
     ``model``, ``tokenizer`` and the examples default to ``config.model`` and ``config.train_data`` /
-    ``config.eval_data``; examples are a list of dicts, a ``datasets.Dataset``, or a JSONL path.
+    ``config.eval_data``; examples are a list of dicts, a ``datasets.Dataset``, or a JSONL path. ``accelerator``
+    is the caller's (kept alive) or, when None, one made and ended here; ``callbacks`` run after every step
+    (``dpo_teach.train.run``), after the held-out evaluation every ``eval_every`` steps.
     """
-    run = prepare_run(config, "preference", model, tokenizer, train_examples, eval_examples, accelerator)
-    accelerator, model, tokenizer, train, held_out = run.accelerator, run.model, run.tokenizer, run.train, run.held_out
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
-
-    reference = None if config.loss == "simpo" else _reference_model(config, model, accelerator.device)
-    if config.precompute_ref and reference is not None:
-        cache_dir = Path(config.reference_cache_dir or Path(config.output_dir) / "reference")
-        for examples, what in ((train, "train"), (held_out, "eval")):
-            if not examples:
-                continue
-            logps = reference_logps(
-                accelerator,
-                reference,
-                examples,
-                collate,
-                config.eval_batch_size,
-                config.average_logps,
-                cache_dir,
-                f"reference log-probs ({what})",
-                config.progress_bar,
-            )  # (N, 2)
-            for example, (chosen, rejected) in zip(examples, logps.tolist(), strict=True):
-                example["ref_chosen_logps"], example["ref_rejected_logps"] = chosen, rejected
-        reference = None  # freed before training: precompute keeps no reference in memory
-        gc.collect()
-    objective = DPOObjective(config, accelerator, reference)
-    evaluate = (
-        partial(
-            evaluate_pairs, objective=objective, examples=held_out, collate=collate, batch_size=config.eval_batch_size
-        )
-        if held_out
-        else None
-    )
-    return train_loop(accelerator, model, tokenizer, objective, train, collate, config, evaluate)
+    with TrainingRun(config, accelerator, "DPO", callbacks) as run:
+        inputs = load_inputs(run, "preference", model, tokenizer, train_examples, eval_examples)
+        collate = partial(collate_pairs, pad_token_id=inputs.tokenizer.pad_token_id)
+        reference = None if config.loss == "simpo" else _reference_model(config, inputs.model, run.accelerator.device)
+        if config.precompute_ref and reference is not None:
+            cache_dir = Path(config.reference_cache_dir or Path(config.output_dir) / "reference")
+            for examples, what in ((inputs.train, "train"), (inputs.held_out, "eval")):
+                if not examples:
+                    continue
+                logps = reference_logps(
+                    run.accelerator, reference, examples, collate, config.eval_batch_size, config.average_logps,
+                    cache_dir, f"reference log-probs ({what})", config.progress_bar,
+                )  # fmt: skip  # (N, 2)
+                for example, (chosen, rejected) in zip(examples, logps.tolist(), strict=True):
+                    example["ref_chosen_logps"], example["ref_rejected_logps"] = chosen, rejected
+            reference = None  # freed before training: precompute keeps no reference in memory
+            gc.collect()
+        objective = DPOObjective(config, run.accelerator, reference)
+        if inputs.held_out:
+            evaluate = partial(
+                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
+                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
+            )  # fmt: skip
+            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+        return train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)

@@ -13,25 +13,27 @@ One step (docs/ppo.md gives each detail and its source; every formula is in ``dp
    value loss, one backward, gradient clipping, one optimizer update (policy and value model together);
 5. the KL controller sees the rollout's mean sequence KL.
 
+Everything around the update (resume, metrics, the progress bar, checkpoints, callbacks such as an
+evaluation, the finish) is the :class:`~dpo_teach.train.run.TrainingRun` that every trainer shares.
 Metrics (docs/metrics.md) go to ``metrics.jsonl``, the trackers and the progress bar. Checkpoints are
 written at step boundaries (``dpo_teach.train.checkpoint``): ``step-N/policy`` loads with
 ``from_pretrained``; ``step-N/state`` holds both models and the optimizer, ``trainer_state.json`` the KL
 controller, so a resumed run continues exactly (the rollouts depend only on (seed, step) and the weights).
+
+The trainer knows no task, so the PPO that trains GPT-2 is the one checked against the closed-form
+optimum pi_ref exp(r / beta) / Z on one-token completions (tests/test_train_ppo_optimum.py).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import DistributedType
 
 from dpo_teach.rl import (
     AdaptiveKLController,
@@ -44,17 +46,12 @@ from dpo_teach.rl import (
     masked_mean,
     whiten,
 )
-from dpo_teach.sentiment.sampling import SamplingConfig, sample
-from dpo_teach.train.checkpoint import (
-    prune_checkpoints,
-    resume_or_start,
-    save_checkpoint,
-    save_final,
-)
+from dpo_teach.sampling import SamplingConfig, sample
 from dpo_teach.train.config import PPOConfig
-from dpo_teach.train.loop import MetricsLog, build_optimizer, make_accelerator, micro_batch_indices, warmup_schedule
+from dpo_teach.train.loop import micro_batch_indices
 from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
-from dpo_teach.train.rollout import Batch, make_value_model, rollout_batch, token_logps, token_values
+from dpo_teach.train.rollout import Batch, make_value_model, rollout_batch, rollout_logps, token_values
+from dpo_teach.train.run import Callback, TrainingRun, build_optimizer, step_generator, warmup_schedule
 
 Reward = Callable[[list[str]], torch.Tensor]
 
@@ -87,13 +84,13 @@ def collect_rollout(
     """
     indices = micro_batch_indices(len(prompts), config, step, accelerator.num_processes, accelerator.process_index)[0]
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, batch_size=len(indices), seed=seed)
-    with accelerator.autocast():  # sample under the precision that scores the samples below
+    with accelerator.autocast():  # step 1: sample under the precision that scores the samples below
         samples = sample(
             accelerator.unwrap_model(policy), tokenizer, [prompts[i] for i in indices], sampling, progress_bar=False
         )
     batch = rollout_batch(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
     batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
-    scores = torch.as_tensor(reward(samples.texts), dtype=torch.float32).to(accelerator.device)  # (b,)
+    scores = torch.as_tensor(reward(samples.texts), dtype=torch.float32).to(accelerator.device)  # (b,) step 2
     if scores.shape != (len(indices),):
         raise ValueError(f"reward: returned shape {tuple(scores.shape)} for {len(indices)} texts; expected (N,)")
     if not torch.isfinite(scores).all():
@@ -108,16 +105,19 @@ def collect_rollout(
     for rows in torch.arange(len(indices)).split(len(indices) // config.num_minibatches):  # bounded memory
         chunk = {name: tensor[rows] for name, tensor in batch.items()}
         with accelerator.autocast():
-            logps, entropy = token_logps(policy, chunk, with_entropy=True)  # (m, C) each
-            ref_logps, _ = token_logps(reference, chunk)  # (m, C)
+            logps, entropy = rollout_logps(policy, chunk, with_entropy=True)  # (m, C) each: log pi_old(y_t | .)
+            ref_logps, _ = rollout_logps(reference, chunk)  # (m, C) log pi_ref(y_t | .)
             values = token_values(value_model, chunk)  # (m, C) V(x, y_<t)
         for name, part in zip(parts, (logps, entropy, ref_logps, values), strict=True):
             parts[name].append(part)
     old_logps, entropy, ref_logps, old_values = (torch.cat(part) for part in parts.values())  # (b, C) each
     mask = batch["mask"]  # (b, C)
 
-    # Ziegler et al. 2019 Eq. 2: r_t = -beta kl_t, + score at the last token; kl_t = log pi_old - log pi_ref (k1)
+    # Step 3. Ziegler et al. 2019 Eq. 2: r_t = -beta (log pi_old(y_t | .) - log pi_ref(y_t | .)), plus the score
+    # r(x, y) at the last token
     rewards, kl = kl_penalized_rewards(scores, old_logps, ref_logps, mask, kl_coef)  # (b, C) each
+    # GAE (Schulman et al. 2016, Eqs. 11-16): A_t = sum_l (gamma lambda)^l delta_{t+l},
+    # delta_t = r_t + gamma V(s_{t+1}) - V(s_t); returns R_t = A_t + V(s_t)
     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)  # (b, C) each
     if config.whiten_advantages:
         advantages = whiten(advantages, mask)
@@ -137,21 +137,20 @@ def collect_rollout(
 
 
 def ppo_update(
-    accelerator: Accelerator,
     policy: torch.nn.Module,
     value_model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
-    config: PPOConfig,
+    run: TrainingRun,
     step: int,
     generator: torch.Generator,
-    last_checkpoint: str,
 ) -> dict[str, float]:
     """Step 4: ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches of ``batch``, one update each.
 
     Returns this process's means over the updates. A non-finite loss or gradient norm raises
     FloatingPointError before its update.
     """
+    config, accelerator = run.config, run.accelerator
     policy.train()
     value_model.train()
     parameters = [*policy.parameters(), *value_model.parameters()]
@@ -164,29 +163,23 @@ def ppo_update(
             minibatch = {name: tensor[rows.to(tensor.device)] for name, tensor in batch.items()}
             mask = minibatch["mask"]  # (m, C)
             with accelerator.autocast():
-                logps, _ = token_logps(policy, minibatch)  # (m, C), with grad
-                values = token_values(value_model, minibatch)  # (m, C), with grad
-            # Schulman et al. 2017 Eq. 7 and the clipped value loss; formulas in dpo_teach.rl
+                logps, _ = rollout_logps(policy, minibatch)  # (m, C), with grad: log pi_theta(y_t | .)
+                values = token_values(value_model, minibatch)  # (m, C), with grad: V_phi(s_t)
+            # Schulman et al. 2017 Eq. 7: L^CLIP = -E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)],
+            # rho_t = pi_theta(y_t | .) / pi_old(y_t | .)
             pg_loss, pg_stats = clipped_policy_loss(
                 logps, minibatch["old_logps"], minibatch["advantages"], mask, config.clip_range
             )
+            # L^V = 1/2 E_t[max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)] (Huang et al. 2022)
             v_loss, v_stats = clipped_value_loss(
                 values, minibatch["old_values"], minibatch["returns"], mask, config.clip_range_value
             )
-            loss = pg_loss + config.vf_coef * v_loss
-            where = f"at step {step + 1} (PPO epoch {epoch + 1}, minibatch {number + 1})"
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"the loss is {loss.item()} {where}; stopped before this update. "
-                    f"Last good checkpoint: {last_checkpoint}"
-                )
+            loss = pg_loss + config.vf_coef * v_loss  # L = L^CLIP + c_V L^V
+            where = f" (PPO epoch {epoch + 1}, minibatch {number + 1})"
+            run.check_finite("the loss", loss.item(), step, where)
             accelerator.backward(loss)
             grad_norm = float(accelerator.clip_grad_norm_(parameters, max_norm))
-            if not math.isfinite(grad_norm) and accelerator.scaler is None:
-                raise FloatingPointError(
-                    f"the gradient norm is {grad_norm} {where}; stopped before this update. "
-                    f"Last good checkpoint: {last_checkpoint}"
-                )
+            run.check_gradient_norm(grad_norm, step, where)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             history.append(
@@ -211,111 +204,64 @@ def train_ppo(
     value_model: torch.nn.Module | None = None,
     reference: torch.nn.Module | None = None,
     accelerator: Accelerator | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train ``policy`` by PPO to maximize ``reward`` with a KL penalty to ``reference``; returns the final model dir.
 
     ``policy`` and ``tokenizer`` default (None) to ``config.model``. ``reward(texts)`` scores prompt + completion
     strings, returning ``(N,)``. ``value_model`` defaults to ``rollout.make_value_model(policy)``; one passed in must
     map ``input_ids``, ``attention_mask``, ``position_ids`` to ``logits`` ``(B, T, 1)``. ``reference`` defaults to a
-    frozen copy of the initial policy (the SFT model in RLHF).
+    frozen copy of the initial policy (the SFT model in RLHF). ``accelerator`` and ``callbacks`` (called with the
+    policy) as in ``dpo_teach.train.dpo.train_dpo``.
     """
-    accelerator = accelerator or make_accelerator(config)
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        # DeepSpeed steps its optimizer inside backward, before the loss check; both shard the policy, which
-        # generate() needs whole on every process. DDP (or one process) runs this trainer.
-        raise ValueError(f"{accelerator.distributed_type} is not supported by the PPO trainer; use DDP")
-    split = accelerator.num_processes * config.num_minibatches
-    if config.batch_size % split:
-        raise ValueError(
-            f"batch_size: {config.batch_size} rollouts cannot be split into {accelerator.num_processes} processes x "
-            f"{config.num_minibatches} minibatches; choose a multiple of {split}"
-        )
-    output_dir = Path(config.output_dir)
-    set_seed(config.seed)
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    policy = policy or load_causal_lm(config.model, config.model_dtype)
-    reference = copy.deepcopy(policy) if reference is None else reference  # before any update or resume
-    value_model = make_value_model(policy) if value_model is None else value_model
-    if config.disable_dropout:
-        disable_dropout(policy)
-        disable_dropout(value_model)
-    reference.requires_grad_(False)
-    reference.eval().to(accelerator.device)
-    policy.to(accelerator.device)
-    value_model.to(accelerator.device)
-    optimizer = build_optimizer(torch.nn.ModuleList([policy, value_model]), config)  # one optimizer over both
-    scheduler = warmup_schedule(optimizer, config.warmup_steps)  # stepped once per PPO step
-    policy, value_model, optimizer, scheduler = accelerator.prepare(policy, value_model, optimizer, scheduler)
-    if accelerator.native_amp:  # as in dpo_teach.train.loop: no float32 copy of the logits; autocast below
-        accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
-        accelerator.unwrap_model(value_model, keep_fp32_wrapper=False)
-    controller = make_kl_controller(config)
-    resumed = resume_or_start(accelerator, output_dir, asdict(config))
-    start = resumed["step"] if resumed else 0
-    if resumed:
-        controller.load_state_dict(resumed["kl_controller"])
-    log = MetricsLog(accelerator, output_dir, start)
-    accelerator.init_trackers("dpo-teach", config=asdict(config))
-    last_checkpoint = f"step {start}" if resumed else "none yet"
-    accelerator.print(
-        f"PPO: {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
-        f"{accelerator.mixed_precision}, {len(prompts)} prompts, "
-        + (f"resuming from step {start}" if resumed else "starting at step 0")
-    )
-    bar = tqdm(
-        total=config.max_steps,
-        initial=start,
-        desc="PPO",
-        mininterval=1.0,  # in Jupyter every redraw is a message; thousands of them can overflow the kernel's queue
-        disable=not (config.progress_bar and accelerator.is_main_process),
-    )
-    for step in range(start, config.max_steps):
-        started = time.perf_counter()
-        # the step's own random stream: each process's sampling seed, then the minibatch orders
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        seed = int(torch.randint(2**62, (accelerator.num_processes,), generator=generator)[accelerator.process_index])
-        batch, rollout_metrics = collect_rollout(
-            accelerator,
-            policy,
-            reference,
-            value_model,
-            tokenizer,
-            prompts,
-            reward,
-            controller.value,
-            config,
-            step,
-            seed,
-        )
-        update_metrics = ppo_update(
-            accelerator, policy, value_model, optimizer, batch, config, step, generator, last_checkpoint
-        )
-        local = {**rollout_metrics, **update_metrics}
-        local_values = torch.tensor(list(local.values()), dtype=torch.float64, device=accelerator.device)
-        means = accelerator.reduce(local_values, reduction="mean")  # over processes; float64 keeps beta exact
-        record = {"step": step + 1, **dict(zip(local, means.tolist(), strict=True))}
-        controller.update(record["kl/sequence"], config.batch_size)  # step 5, on the mean over all processes
-        record.update(lr=scheduler.get_last_lr()[0], step_seconds=time.perf_counter() - started)
-        scheduler.step()
-        log.write(record)
-        bar.update(1)
-        bar.set_postfix(
-            reward=f"{record['reward/mean']:.3f}",
-            kl=f"{record['kl/sequence']:.2f}",
-            coef=f"{record['kl/coef']:.3g}",
-            refresh=False,
-        )
-        finished = step + 1 == config.max_steps
-        if (config.save_every and (step + 1) % config.save_every == 0) or finished:
-            trainer_state = {
-                "step": step + 1,
-                "prompts_seen": (step + 1) * config.batch_size,
-                "kl_controller": controller.state_dict(),
-                "config": asdict(config),
-            }
-            last_checkpoint = str(save_checkpoint(accelerator, policy, tokenizer, output_dir, trainer_state))
-            prune_checkpoints(accelerator, output_dir, config.keep_checkpoints)
-    bar.close()
-    final = save_final(accelerator, policy, tokenizer, output_dir)
-    accelerator.end_training()
-    return final
+    with TrainingRun(config, accelerator, "PPO", callbacks) as run:
+        accelerator = run.accelerator
+        if accelerator.distributed_type == DistributedType.FSDP:  # generate() needs the whole policy on each process
+            raise ValueError(f"{accelerator.distributed_type} is not supported by the PPO trainer; use DDP")
+        split = accelerator.num_processes * config.num_minibatches
+        if config.batch_size % split:
+            raise ValueError(
+                f"batch_size: {config.batch_size} rollouts cannot be split into {accelerator.num_processes} "
+                f"processes x {config.num_minibatches} minibatches; choose a multiple of {split}"
+            )
+        tokenizer = tokenizer or load_tokenizer(config.model)
+        policy = policy or load_causal_lm(config.model, config.model_dtype)
+        reference = copy.deepcopy(policy) if reference is None else reference  # before any update or resume
+        value_model = make_value_model(policy) if value_model is None else value_model
+        if config.disable_dropout:
+            disable_dropout(policy)
+            disable_dropout(value_model)
+        reference.requires_grad_(False)
+        reference.eval().to(accelerator.device)
+        policy.to(accelerator.device)
+        value_model.to(accelerator.device)
+        optimizer = build_optimizer(torch.nn.ModuleList([policy, value_model]), config)  # one optimizer over both
+        scheduler = warmup_schedule(optimizer, config.warmup_steps)  # stepped once per PPO step
+        policy, value_model, optimizer, scheduler = run.prepare(policy, value_model, optimizer, scheduler)
+        controller = make_kl_controller(config)
+        resumed = run.start(policy, tokenizer, f"{len(prompts)} prompts")
+        if resumed:
+            controller.load_state_dict(resumed["kl_controller"])
+        for step in run.steps():
+            started = time.perf_counter()
+            generator = step_generator(config.seed, step)  # this step's sampling seeds, then minibatch orders
+            seeds = torch.randint(2**62, (accelerator.num_processes,), generator=generator)
+            batch, rollout_metrics = collect_rollout(
+                accelerator, policy, reference, value_model, tokenizer, prompts, reward, controller.value, config,
+                step, int(seeds[accelerator.process_index]),
+            )  # fmt: skip  # steps 1-3
+            update_metrics = ppo_update(policy, value_model, optimizer, batch, run, step, generator)  # step 4
+            local = {**rollout_metrics, **update_metrics}
+            local_values = torch.tensor(list(local.values()), dtype=torch.float64, device=accelerator.device)
+            means = accelerator.reduce(local_values, reduction="mean")  # over processes; float64 keeps beta exact
+            record = {"step": step + 1, **dict(zip(local, means.tolist(), strict=True))}
+            controller.update(record["kl/sequence"], config.batch_size)  # step 5, on the mean over all processes
+            record.update(lr=scheduler.get_last_lr()[0], step_seconds=time.perf_counter() - started)
+            scheduler.step()
+            run.log(
+                record, reward=f"{record['reward/mean']:.3f}", kl=f"{record['kl/sequence']:.2f}",
+                coef=f"{record['kl/coef']:.3g}",
+            )  # fmt: skip
+            trainer_state = {"prompts_seen": (step + 1) * config.batch_size, "kl_controller": controller.state_dict()}
+            run.end_step(step, trainer_state)
+        return run.finish()

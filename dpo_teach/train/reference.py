@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from dpo_teach import io
 from dpo_teach.logprobs import concatenated_logps
 from dpo_teach.train.sharded import map_examples
 
@@ -79,9 +80,6 @@ def reference_logps(
     result = result.float()
     reference.train(was_training)
     if accelerator.is_main_process:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".incomplete")
-        torch.save(result, temporary)
-        temporary.replace(path)  # atomic: a killed run never leaves a half-written cache
+        io.write_atomically(path, lambda temporary: torch.save(result, temporary))  # never a half-written cache
     accelerator.wait_for_everyone()
     return result

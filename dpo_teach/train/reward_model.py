@@ -15,9 +15,10 @@ at inference (``dpo_teach.sentiment.rewards.ClassifierReward`` tokenizes plain t
 its last real token is never the pad token (checked), so the score is read at that token in any
 padded batch. The model's own forward does the reading, so DDP and FSDP wrappers work unchanged.
 
-The best held-out accuracy is kept (paper App. C.1, ``keep_best``): whenever an evaluation beats
-every earlier one, its weights are written to ``OUTPUT/best/``; at the end ``final/`` is a copy of
-them, and ``final/best.json`` names the step and its held-out metrics.
+The best held-out accuracy is kept (paper App. C.1, ``keep_best``): the held-out evaluation is a callback
+of the run (``dpo_teach.train.run``), called with its step; whenever it beats every earlier one, its
+weights are written to ``OUTPUT/best/``; at the end ``final/`` is a copy of them, and ``final/best.json``
+names the step and its held-out metrics.
 
 Metrics (docs/metrics.md): ``loss``, ``accuracy`` (ties count 1/2), ``rewards/chosen``,
 ``rewards/rejected``, ``rewards/margins``; the same, with an ``eval/`` prefix, on the held-out pairs.
@@ -28,25 +29,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from dpo_teach import io
 from dpo_teach.data import collate_preference
-from dpo_teach.train.checkpoint import complete_checkpoints
+from dpo_teach.losses import bradley_terry_loss, pairwise_accuracy
 from dpo_teach.train.config import RewardModelConfig
-from dpo_teach.train.dpo import evaluate_pairs
-from dpo_teach.train.loop import StepOutput, train_loop
+from dpo_teach.train.loop import train_loop
 from dpo_teach.train.models import DTYPES
-from dpo_teach.train.setup import prepare_run
+from dpo_teach.train.pairs import PairObjective, evaluate_pairs
+from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
 METRIC_NAMES = ("loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewards/margins")
@@ -60,13 +60,6 @@ def load_reward_model(name_or_path: str, dtype: str = "float32") -> PreTrainedMo
     if not name_or_path:
         raise ValueError("model: give a path or Hub name of the policy to start from (or pass a model object)")
     return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=DTYPES[dtype])
-
-
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """-log sigma(r(x, y_w) - r(x, y_l)), the negative log-likelihood of the Bradley-Terry model (notebook 1,
-    Eq. 1.2; DPO paper Eq. 2). Rewards ``(B,)`` each; returns losses ``(B,)``. It is ``dpo_loss`` with beta = 1
-    and log-probs replaced by rewards against a zero reference (see ``dpo_teach.bandit.fit_reward_model``)."""
-    return -F.logsigmoid(chosen_rewards - rejected_rewards)
 
 
 def _without_final_eos(token_ids: list[int], eos_token_id: int) -> list[int]:
@@ -109,81 +102,62 @@ def reward_scores(model: torch.nn.Module, batch: Batch, pad_token_id: int) -> to
     return logits.squeeze(-1).float()
 
 
-class RewardModelObjective:
+class RewardModelObjective(PairObjective):
     """The Bradley-Terry loss of one micro-batch of pairs; ``num_items`` counts pairs."""
 
-    def __init__(self, config: RewardModelConfig, accelerator: Accelerator, pad_token_id: int) -> None:
-        self.config = config
-        self.accelerator = accelerator
+    metric_names = METRIC_NAMES
+
+    def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
-
-    def num_items(self, batch: Batch) -> int:
-        return batch["input_ids"].shape[0] // 2
-
-    def metric_names(self) -> list[str]:
-        """``loss`` and the per-pair metrics of :meth:`per_pair`, in its order."""
-        return list(METRIC_NAMES)
 
     def per_pair(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-pair losses ``(B,)`` (attached to the graph) and detached per-pair metrics, each ``(B,)``."""
         scores = reward_scores(model, batch, self.pad_token_id)  # (2B,): one forward for chosen and rejected
         chosen_rewards, rejected_rewards = scores.chunk(2)  # (B,) each
+        # DPO paper Eq. 2: loss = -log sigma(r_phi(x, y_w) - r_phi(x, y_l))
         losses = bradley_terry_loss(chosen_rewards, rejected_rewards)
         chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
-        ties = (chosen_rewards == rejected_rewards).float()  # a tie counts 1/2, as in the DPO trainer
         metrics = {
-            "accuracy": (chosen_rewards > rejected_rewards).float() + 0.5 * ties,
+            "accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),  # a tie counts 1/2
             "rewards/chosen": chosen_rewards,
             "rewards/rejected": rejected_rewards,
             "rewards/margins": chosen_rewards - rejected_rewards,
         }
         return losses, metrics
 
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> StepOutput:
-        losses, metrics = self.per_pair(model, batch)
-        return StepOutput(loss_sum=losses.sum(), metrics=metrics)
-
-
-def resumed_step(config: RewardModelConfig) -> int:
-    """The step ``train_loop`` will start from: the newest complete checkpoint's when resuming, else 0."""
-    checkpoints = complete_checkpoints(config.output_dir) if config.resume else []
-    return json.loads((checkpoints[-1] / "trainer_state.json").read_text())["step"] if checkpoints else 0
-
-
-def evaluation_steps(config: RewardModelConfig, start: int) -> list[int]:
-    """The steps at which ``train_loop`` evaluates a run starting from ``start``: step 0 unless resuming, every
-    ``eval_every`` steps after ``start``, and the last step."""
-    later = [step for step in range(start + 1, config.max_steps + 1) if step % config.eval_every == 0]
-    if later[-1:] != [config.max_steps] and start < config.max_steps:
-        later.append(config.max_steps)
-    return ([0] if start == 0 else []) + later
-
 
 class BestCheckpoint:
-    """Keeps in ``OUTPUT/best/`` the weights of the evaluation with the highest held-out accuracy (earliest on ties).
+    """A callback keeping in ``OUTPUT/best/`` the weights of the evaluation with the highest held-out accuracy
+    (the earliest on ties), evaluated every ``eval_every`` steps (``dpo_teach.train.run.every``).
 
-    A resumed run keeps the best of the run it continues (evaluated on the same held-out pairs, up to its
-    ``max_steps``): it repeats the same steps, so the evaluations it repeats cannot beat those already made.
-    Anything else in ``best/`` is replaced by this run's first evaluation.
+    A resumed run keeps the best of the run it continues, as far as the checkpoint it resumed from: those
+    evaluations were made before that checkpoint was written, on the same held-out pairs. Anything else in
+    ``best/`` (a fresh run's predecessor, evaluations that will be made again) is replaced.
     """
 
-    def __init__(self, accelerator: Accelerator, tokenizer, config: RewardModelConfig, held_out: list[dict]) -> None:
-        self.accelerator, self.tokenizer = accelerator, tokenizer
-        self.directory = Path(config.output_dir) / "best"
+    def __init__(self, run: TrainingRun, held_out: list[dict], evaluate: Callable[[torch.nn.Module], dict]) -> None:
+        self.run, self.evaluate = run, evaluate
+        self.directory = Path(run.config.output_dir) / "best"
         pairs = [[example[key] for key in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")]
                  for example in held_out]  # fmt: skip
         self.held_out = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
-        start = resumed_step(config)
-        self.steps = iter(evaluation_steps(config, start))
-        path = self.directory / "best.json"
-        record = json.loads(path.read_text()) if path.exists() else None
-        continues = record is not None and start > 0 and record["held_out"] == self.held_out
-        self.record = record if continues and record["step"] <= config.max_steps else None
+        self.record: dict | None = None
+        self.started = False
 
-    def evaluate(self, model: torch.nn.Module, evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> dict:
-        """``evaluate(model)``; its weights are saved if its held-out accuracy beats every earlier evaluation's."""
-        evaluation = evaluate(model)
-        step = next(self.steps)
+    def __call__(self, step: int, model: torch.nn.Module) -> dict[str, float] | None:
+        """At an evaluation step: ``evaluate(model)``, its weights saved if it beats every earlier evaluation."""
+        if not self.started:  # the run has resumed (or not) by its first callback
+            self.started = True
+            path = self.directory / "best.json"
+            record = json.loads(path.read_text()) if path.exists() else None
+            start = self.run.start_step
+            continues = start > 0 and record is not None and record["held_out"] == self.held_out
+            continues = continues and record["step"] <= start
+            self.record = record if continues else None
+        config = self.run.config
+        if not (step % config.eval_every == 0 or step == config.max_steps):
+            return None
+        evaluation = self.evaluate(model)
         if self.record is None or evaluation["accuracy"] > self.record["eval/accuracy"]:
             self.record = {"step": step, **{f"eval/{key}": value for key, value in evaluation.items()}}
             self.record["held_out"] = self.held_out
@@ -192,28 +166,25 @@ class BestCheckpoint:
 
     def _save(self, model: torch.nn.Module) -> None:
         """Write ``best/`` under a temporary name and rename it, as checkpoints are (every process must call)."""
-        temporary = self.directory.with_name(".incomplete-best")
-        state_dict = self.accelerator.get_state_dict(model)  # gathers shards under FSDP
-        if self.accelerator.is_main_process:
-            shutil.rmtree(temporary, ignore_errors=True)
-            self.accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
-            self.tokenizer.save_pretrained(temporary)
+        accelerator = self.run.accelerator
+        state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP
+        if accelerator.is_main_process:
+            temporary = io.remove_temporary_directory(self.directory)
+            accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict)
+            self.run.tokenizer.save_pretrained(temporary)
             (temporary / "best.json").write_text(json.dumps(self.record, indent=2))
-            replaced = self.directory.with_name(".replaced-best")
-            if self.directory.exists():
-                os.replace(self.directory, replaced)
-            os.replace(temporary, self.directory)
-            shutil.rmtree(replaced, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
+            io.replace_directory(temporary, self.directory)
+        accelerator.wait_for_everyone()
 
     def finish(self, final: Path) -> None:
         """Replace the last weights in ``final`` by the best ones."""
         if self.record is None:
             raise ValueError(f"keep_best: no evaluation of this run is in {self.directory} to keep")
-        if self.accelerator.is_main_process:
-            shutil.rmtree(final)
-            shutil.copytree(self.directory, final)
-        self.accelerator.wait_for_everyone()
+        if self.run.accelerator.is_main_process:
+            temporary = io.remove_temporary_directory(final)
+            shutil.copytree(self.directory, temporary)
+            io.replace_directory(temporary, final)
+        self.run.accelerator.wait_for_everyone()
 
 
 def _check_classifier(model: torch.nn.Module, tokenizer) -> None:
@@ -240,6 +211,7 @@ def train_reward_model(
     train_examples=None,
     eval_examples=None,
     accelerator: Accelerator | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train a Bradley-Terry reward model on preference pairs; returns the directory of the final model.
 
@@ -247,33 +219,31 @@ def train_reward_model(
     score head seeded by ``config.seed``; ``tokenizer`` and the examples default to ``config.model`` and
     ``config.train_data`` / ``config.eval_data`` (a list of dicts, a ``datasets.Dataset``, or a JSONL path).
     With ``keep_best`` the final model is the one with the highest held-out accuracy (``final/best.json``).
+    ``accelerator`` and ``callbacks`` as in ``dpo_teach.train.dpo.train_dpo``.
     """
-    if model is None:
-        set_seed(config.seed)
-        model = load_reward_model(config.model, config.model_dtype)
-    run = prepare_run(config, "preference", model, tokenizer, train_examples, eval_examples, accelerator)
-    held_out = run.held_out
-    _check_classifier(run.model, run.tokenizer)
-    if config.keep_best and not held_out:
-        raise ValueError(
-            "keep_best: there are no held-out pairs to choose the best weights by; give eval_data (or eval_examples), "
-            "or set keep_best: false"
+    with TrainingRun(config, accelerator, "RewardModel", callbacks) as run:
+        inputs = load_inputs(
+            run, "preference", model, tokenizer, train_examples, eval_examples, load_model=load_reward_model
+        )  # the run's random streams are seeded before a new score head is drawn
+        _check_classifier(inputs.model, inputs.tokenizer)
+        if config.keep_best and not inputs.held_out:
+            raise ValueError(
+                "keep_best: there are no held-out pairs to choose the best weights by; give eval_data (or "
+                "eval_examples), or set keep_best: false"
+            )
+        collate = partial(
+            collate_scored_pairs, pad_token_id=inputs.tokenizer.pad_token_id, eos_token_id=inputs.tokenizer.eos_token_id
         )
-    collate = partial(
-        collate_scored_pairs, pad_token_id=run.tokenizer.pad_token_id, eos_token_id=run.tokenizer.eos_token_id
-    )
-    objective = RewardModelObjective(config, run.accelerator, run.tokenizer.pad_token_id)
-    evaluate = (
-        partial(
-            evaluate_pairs, objective=objective, examples=held_out, collate=collate, batch_size=config.eval_batch_size
-        )
-        if held_out
-        else None
-    )
-    best = BestCheckpoint(run.accelerator, run.tokenizer, config, held_out) if config.keep_best else None
-    if best is not None:
-        evaluate = partial(best.evaluate, evaluate=evaluate)
-    final = train_loop(run.accelerator, run.model, run.tokenizer, objective, run.train, collate, config, evaluate)
-    if best is not None:
-        best.finish(final)
-    return final
+        objective = RewardModelObjective(inputs.tokenizer.pad_token_id)
+        best = None
+        if inputs.held_out:
+            evaluate = partial(
+                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
+                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
+            )  # fmt: skip
+            best = BestCheckpoint(run, inputs.held_out, evaluate) if config.keep_best else None
+            run.callbacks.insert(0, best or every(config.eval_every, config.max_steps, evaluate))
+        final = train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)
+        if best is not None:
+            best.finish(final)
+        return final

@@ -10,8 +10,8 @@ P + t and every per-token tensor of PPO is ``(B, C)``, with ``mask`` 1 on real c
 
 The logits and the value at column P + t - 1 belong to completion token t: they are computed from the
 state (x, y_<t) in which token t is chosen. Position ids count real tokens only (cumsum of the attention
-mask - 1), as ``generate`` does, so a left-padded prompt gets the positions, hence the logits, it had
-while its completion was sampled.
+mask - 1, ``dpo_teach.logprobs.position_ids``), as ``generate`` does, so a left-padded prompt gets the
+positions, hence the logits, it had while its completion was sampled.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForTokenClassification, PreTrainedModel
 
+from dpo_teach.data import IGNORE_INDEX, pad_sequences
+from dpo_teach.logprobs import completion_logits, position_ids, token_logps
 from dpo_teach.rl import entropy_from_logits
 
 Batch = dict[str, torch.Tensor]
@@ -30,51 +32,39 @@ Batch = dict[str, torch.Tensor]
 def rollout_batch(
     prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], pad_token_id: int
 ) -> Batch:
-    """The layout of the module docstring: ``input_ids``, ``attention_mask``, ``position_ids`` ``(B, P + C)``,
-    ``completion_ids`` ``(B, C)`` (padded with ``pad_token_id``) and ``mask`` ``(B, C)`` float (1 on real tokens).
+    """The layout of the module docstring: ``input_ids``, ``attention_mask`` and ``labels`` ``(B, P + C)`` (labels
+    -100 on prompt and padding), ``completion_ids`` ``(B, C)`` (padded with ``pad_token_id``) and ``mask`` ``(B, C)``
+    float (1 on real tokens).
 
     Every completion needs at least one token (``sample`` always draws one: EOS or another).
     """
-    prompt_width = max(len(ids) for ids in prompt_ids)
-    completion_width = max(len(ids) for ids in completion_ids)
-    rows = len(prompt_ids)
-    input_ids = torch.full((rows, prompt_width + completion_width), pad_token_id, dtype=torch.long)  # (B, P + C)
-    attention_mask = torch.zeros_like(input_ids)  # (B, P + C)
-    for row, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        start, end = prompt_width - len(prompt), prompt_width + len(completion)
-        input_ids[row, start:end] = torch.tensor([*prompt, *completion], dtype=torch.long)
-        attention_mask[row, start:end] = 1
+    prompts = pad_sequences(prompt_ids, pad_token_id, side="left")  # (B, P)
+    prompt_mask = pad_sequences([[1] * len(ids) for ids in prompt_ids], 0, side="left")  # (B, P)
+    completions = pad_sequences(completion_ids, pad_token_id)  # (B, C)
+    completion_mask = pad_sequences([[1] * len(ids) for ids in completion_ids], 0)  # (B, C)
     return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp_min(0),  # (B, P + C), as generate computes them
-        "completion_ids": input_ids[:, prompt_width:],  # (B, C)
-        "mask": attention_mask[:, prompt_width:].float(),  # (B, C)
+        "input_ids": torch.cat([prompts, completions], dim=1),  # (B, P + C)
+        "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),  # (B, P + C)
+        "labels": torch.cat(
+            [torch.full_like(prompts, IGNORE_INDEX), completions.masked_fill(completion_mask == 0, IGNORE_INDEX)], dim=1
+        ),  # (B, P + C)
+        "completion_ids": completions,  # (B, C)
+        "mask": completion_mask.float(),  # (B, C)
     }
 
 
-def token_logps(
+def rollout_logps(
     model: torch.nn.Module, batch: Batch, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | x, y_<t) of every completion token, ``(B, C)``, and with ``with_entropy`` the entropy of
-    pi(. | x, y_<t) at each of them, ``(B, C)``; both float32 at least, whatever the logits' dtype.
+    """log pi(y_t | x, y_<t) of every completion token, ``(B, C)`` (0 on padding), and with ``with_entropy`` the
+    entropy of pi(. | x, y_<t) at each of them, ``(B, C)``; float32 at least, whatever the logits' dtype.
 
-    One forward pass; the LM head runs only on the C + 1 last columns (``logits_to_keep``). As in
-    ``dpo_teach.logprobs``, the label logit is gathered and the normalizer logsumexp computed in float32; the
-    (B, C, V) float32 upcast is one minibatch's (the trainer calls this on minibatches), so it is not chunked.
+    One forward pass (``dpo_teach.logprobs.completion_logits``: the LM head runs only on the C + 1 last columns)
+    and ``dpo_teach.logprobs.token_logps``, the toolkit's one log-prob implementation.
     """
-    width = batch["completion_ids"].shape[1]
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=width + 1,
-        use_cache=False,
-    ).logits[:, :-1]  # (B, C, V): column P + t - 1 predicts completion token t
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    label_logits = logits.gather(-1, batch["completion_ids"][..., None]).squeeze(-1).to(dtype)  # (B, C)
-    logps = label_logits - logits.to(dtype).logsumexp(dim=-1)  # (B, C) log softmax at the sampled token
-    return logps, entropy_from_logits(logits) if with_entropy else None
+    logits, labels = completion_logits(model, batch)  # (B, C + 1, V), (B, C + 1): column P + t - 1 predicts token t
+    logps, _ = token_logps(logits, labels)  # (B, C)
+    return logps, entropy_from_logits(logits[:, :-1]) if with_entropy else None
 
 
 def token_values(value_model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -83,7 +73,7 @@ def token_values(value_model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     values = value_model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
+        position_ids=position_ids(batch["attention_mask"]),
         use_cache=False,
     ).logits  # (B, P + C, 1)
     return values[:, -width - 1 : -1, 0].float()  # (B, C)

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from dpo_teach.data import collate_sft
-from dpo_teach.logprobs import IGNORE_INDEX, completion_logps
+from dpo_teach.data import IGNORE_INDEX, collate_sft
+from dpo_teach.logprobs import completion_logps
 from dpo_teach.train.config import SFTConfig
 from dpo_teach.train.loop import StepOutput, train_loop
-from dpo_teach.train.setup import prepare_run
+from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.setup import load_inputs
 from dpo_teach.train.sharded import map_examples
 
 Batch = dict[str, torch.Tensor]
@@ -67,28 +68,24 @@ def train_sft(
     train_examples=None,
     eval_examples=None,
     accelerator: Accelerator | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Fine-tune ``model`` with the causal-LM loss; returns the directory of the final model.
 
     Examples are ``{"prompt", "completion"}`` or ``{"text"}`` dicts (a list, a ``datasets.Dataset``
-    or a JSONL path); ``model`` and ``tokenizer`` default to ``config.model``.
+    or a JSONL path); ``model`` and ``tokenizer`` default to ``config.model``. ``accelerator`` and
+    ``callbacks`` as in ``dpo_teach.train.dpo.train_dpo``.
     """
-    run = prepare_run(config, "sft", model, tokenizer, train_examples, eval_examples, accelerator)
-    accelerator, model, tokenizer, train, held_out = run.accelerator, run.model, run.tokenizer, run.train, run.held_out
-    if not config.completion_only:  # every token after the first is scored, the prompt's too
-        for example in train + held_out:
-            example["labels"] = list(example["input_ids"])
-    collate = partial(collate_sft, pad_token_id=tokenizer.pad_token_id)
-    evaluate = (
-        partial(
-            evaluate_nll,
-            accelerator=accelerator,
-            examples=held_out,
-            collate=collate,
-            batch_size=config.eval_batch_size,
-            progress_bar=config.progress_bar,
-        )
-        if held_out
-        else None
-    )
-    return train_loop(accelerator, model, tokenizer, SFTObjective(), train, collate, config, evaluate)
+    with TrainingRun(config, accelerator, "SFT", callbacks) as run:
+        inputs = load_inputs(run, "sft", model, tokenizer, train_examples, eval_examples)
+        if not config.completion_only:  # every token after the first is scored, the prompt's too
+            for example in inputs.train + inputs.held_out:
+                example["labels"] = list(example["input_ids"])
+        collate = partial(collate_sft, pad_token_id=inputs.tokenizer.pad_token_id)
+        if inputs.held_out:
+            evaluate = partial(
+                evaluate_nll, accelerator=run.accelerator, examples=inputs.held_out, collate=collate,
+                batch_size=config.eval_batch_size, progress_bar=config.progress_bar,
+            )  # fmt: skip
+            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+        return train_loop(run, inputs.model, inputs.tokenizer, SFTObjective(), inputs.train, collate)

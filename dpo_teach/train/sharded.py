@@ -14,12 +14,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from dpo_teach.data import to_device
+
 Batch = dict[str, torch.Tensor]
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of ``batch`` to ``device``."""
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ Metrics (docs/metrics.md): ``loss``, ``nll/chosen``, ``unlikelihood/rejected``, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -26,27 +27,22 @@ from dpo_teach.data import collate_preference
 from dpo_teach.logprobs import token_logps
 from dpo_teach.losses import unlikelihood_loss
 from dpo_teach.train.config import UnlikelihoodConfig
-from dpo_teach.train.dpo import evaluate_pairs
-from dpo_teach.train.loop import StepOutput, train_loop
-from dpo_teach.train.setup import prepare_run
+from dpo_teach.train.loop import train_loop
+from dpo_teach.train.pairs import PairObjective, evaluate_pairs
+from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
 METRIC_NAMES = ("loss", "nll/chosen", "unlikelihood/rejected", "logps/chosen", "logps/rejected")
 
 
-class UnlikelihoodObjective:
+class UnlikelihoodObjective(PairObjective):
     """Likelihood of chosen, unlikelihood of rejected, for one micro-batch of pairs; ``num_items`` counts pairs."""
 
-    def __init__(self, config: UnlikelihoodConfig, accelerator: Accelerator) -> None:
+    metric_names = METRIC_NAMES
+
+    def __init__(self, config: UnlikelihoodConfig) -> None:
         self.config = config
-        self.accelerator = accelerator
-
-    def num_items(self, batch: Batch) -> int:
-        return batch["input_ids"].shape[0] // 2
-
-    def metric_names(self) -> list[str]:
-        """``loss`` and the per-pair metrics of :meth:`per_pair`, in its order."""
-        return list(METRIC_NAMES)
 
     def per_pair(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-pair losses ``(B,)`` (attached to the graph) and detached per-pair metrics, each ``(B,)``."""
@@ -55,6 +51,7 @@ class UnlikelihoodObjective:
         chosen_tokens, rejected_tokens = per_token.chunk(2)  # (B, T-1) each
         chosen_mask, rejected_mask = mask.chunk(2)
         policy_chosen_logps = chosen_tokens.sum(dim=-1)  # (B,) log pi(y_w | x)
+        # loss = -(1/|y_w|) sum_t log pi(y_w,t | .) - alpha (1/|y_l|) sum_t log(1 - pi(y_l,t | .)) (Welleck et al.)
         loss = unlikelihood_loss(
             policy_chosen_logps, chosen_mask.sum(dim=-1), rejected_tokens, rejected_mask, self.config.alpha
         )
@@ -66,10 +63,6 @@ class UnlikelihoodObjective:
         }
         return loss.losses, metrics
 
-    def __call__(self, model: torch.nn.Module, batch: Batch) -> StepOutput:
-        losses, metrics = self.per_pair(model, batch)
-        return StepOutput(loss_sum=losses.sum(), metrics=metrics)
-
 
 def train_unlikelihood(
     config: UnlikelihoodConfig,
@@ -78,21 +71,22 @@ def train_unlikelihood(
     train_examples=None,
     eval_examples=None,
     accelerator: Accelerator | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train a policy with the unlikelihood loss of ``config.alpha``; returns the directory of the final model.
 
     ``model``, ``tokenizer`` and the examples default to ``config.model`` and ``config.train_data`` /
     ``config.eval_data``; examples are preference pairs (a list of dicts, a ``datasets.Dataset``, or a JSONL path).
+    ``accelerator`` and ``callbacks`` as in ``dpo_teach.train.dpo.train_dpo``.
     """
-    run = prepare_run(config, "preference", model, tokenizer, train_examples, eval_examples, accelerator)
-    held_out = run.held_out
-    collate = partial(collate_preference, pad_token_id=run.tokenizer.pad_token_id)
-    objective = UnlikelihoodObjective(config, run.accelerator)
-    evaluate = (
-        partial(
-            evaluate_pairs, objective=objective, examples=held_out, collate=collate, batch_size=config.eval_batch_size
-        )
-        if held_out
-        else None
-    )
-    return train_loop(run.accelerator, run.model, run.tokenizer, objective, run.train, collate, config, evaluate)
+    with TrainingRun(config, accelerator, "Unlikelihood", callbacks) as run:
+        inputs = load_inputs(run, "preference", model, tokenizer, train_examples, eval_examples)
+        collate = partial(collate_preference, pad_token_id=inputs.tokenizer.pad_token_id)
+        objective = UnlikelihoodObjective(config)
+        if inputs.held_out:
+            evaluate = partial(
+                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
+                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
+            )  # fmt: skip
+            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+        return train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)

@@ -1,17 +1,14 @@
-"""Prompts and samples of the sentiment task: review prefixes, and K completions per prompt from a policy.
+"""Ancestral sampling from a causal language model, seeded by its own generator.
 
-The DPO paper's controlled-sentiment task (Rafailov et al. 2023, Sec. 6.1 and App. C.1): the prompts x
-are prefixes of 2-8 tokens of movie reviews, and the SFT policy samples completions y ~ pi(. | x) that a
-sentiment reward then labels (``dpo_teach.sentiment.pairs``). Notebook 5 walks through both steps.
-
-With the default :class:`SamplingConfig` the samples are *pure ancestral samples*: each token is drawn
-from the policy's own softmax, y_t ~ pi(. | x, y_<t), with no temperature, top-k or top-p. The
-evaluation's KL estimates (``dpo_teach.sentiment.evaluate``) are unbiased only for such samples.
+``sample`` draws K completions of each prompt; every sample records whether it ended with EOS or was cut
+at ``max_new_tokens``. With the default :class:`SamplingConfig` the samples are *pure ancestral samples*:
+each token is drawn from the policy's own softmax, y_t ~ pi(. | x, y_<t), with no temperature, top-k or
+top-p. The KL estimates of an evaluation (``dpo_teach.sentiment.evaluate``) are unbiased only for such
+samples, and PPO's rollouts (``dpo_teach.train.ppo``) are drawn the same way. Notebook 5 walks through it.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,37 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-
-def make_prompts(texts: list[str], tokenizer, min_tokens: int = 2, max_tokens: int = 8, seed: int = 0) -> list[str]:
-    """One prompt per review: its first n tokens, n ~ Uniform{min_tokens, ..., max_tokens} (paper App. C.1: 2-8).
-
-    Each text is tokenized with ``add_special_tokens=False``, cut to n tokens and decoded back to a
-    string: the string is the canonical prompt, re-tokenized by ``sample`` and by the DPO data pipeline.
-    n is drawn for every text from ``random.Random(seed)``, so the output is deterministic. A text is
-    skipped (the result may be shorter than ``texts``) when it has no more than n tokens (the prompt
-    must be a proper prefix), or when its prefix does not round-trip: the decoded string is not the
-    start of the text (a token boundary inside a multi-byte character) or re-tokenizes to a length
-    outside [min_tokens, max_tokens].
-    """
-    if not 0 < min_tokens <= max_tokens:
-        raise ValueError(f"need 0 < min_tokens <= max_tokens, got min_tokens={min_tokens}, max_tokens={max_tokens}")
-    rng = random.Random(seed)
-    prompts = []
-    for text in texts:
-        length = rng.randint(min_tokens, max_tokens)  # drawn before any skip, so each text's n depends only on seed
-        token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(token_ids) <= length:
-            continue
-        prompt = tokenizer.decode(token_ids[:length], clean_up_tokenization_spaces=False)
-        retokenized = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if text.startswith(prompt) and min_tokens <= len(retokenized) <= max_tokens:
-            prompts.append(prompt)
-    return prompts
-
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"{field}: {message}")
+from dpo_teach.errors import require
 
 
 @dataclass
@@ -71,11 +38,11 @@ class SamplingConfig:
     """Seeds every batch: the same model, prompts and config give the same samples."""
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
-        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 turns it off), got {self.top_k}")
-        _require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (1 turns it off), got {self.top_p}")
-        _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 turns it off), got {self.top_k}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (1 turns it off), got {self.top_p}")
+        require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
 
 
 @dataclass
@@ -97,17 +64,6 @@ class Samples:
     def texts(self) -> list[str]:
         """Prompt + completion strings, (N,): what a reward scores."""
         return [prompt + completion for prompt, completion in zip(self.prompts, self.completions, strict=True)]
-
-
-def _left_pad(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and ``attention_mask``, each ``(B, T)``, left-padded so every prompt ends at the last column."""
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)  # (B, T)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
 
 
 def _generation_kwargs(config: SamplingConfig, tokenizer) -> dict:
@@ -195,9 +151,10 @@ def sample(
             for start, batch_seed in tqdm(
                 list(zip(starts, batch_seeds, strict=True)), desc="sampling", unit="batch", disable=not progress_bar
             ):
-                input_ids, attention_mask = _left_pad(
-                    flat_ids[start : start + config.batch_size], kwargs["pad_token_id"]
-                )
+                padded = tokenizer.pad(
+                    {"input_ids": flat_ids[start : start + config.batch_size]}, padding_side="left", return_tensors="pt"
+                )  # every prompt ends at the last column
+                input_ids, attention_mask = padded["input_ids"], padded["attention_mask"]  # (B, T) each
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(batch_seed)
                     output = model.generate(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from dpo_teach.sampling import SamplingConfig
 from dpo_teach.sentiment.models import TinyGPT2
-from dpo_teach.sentiment.sampling import SamplingConfig
 from dpo_teach.train.config import DPOConfig, PPOConfig, RewardModelConfig, SFTConfig, UnlikelihoodConfig
 
 
@@ -64,7 +64,7 @@ class TaskConfig:
     ppo_target_kls: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0)  # paper Sec. 6.1
     """Frontier: one PPO run per target KL (nats per completion) with the ground-truth reward, and one with the
     reward model; the adaptive KL controller steers each run toward its target."""
-    unlikelihood_alphas: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)  # issue 5, after the paper's Sec. 6 baselines
+    unlikelihood_alphas: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)  # the DPO paper's sweep (UnlikelihoodConfig.alpha)
     """Frontier: one Unlikelihood run per weight alpha of its unlikelihood term."""
     preferred_ft: SFTConfig = field(default_factory=SFTConfig)
     """Frontier: Preferred-FT, supervised fine-tuning of the SFT policy on the chosen completions."""
@@ -78,6 +78,16 @@ class TaskConfig:
     """Frontier: evaluate every run's policy every this many trainer steps (and at its last step)."""
     ppo_eval_every: int = 100  # paper Sec. 6.1, as above
     """Frontier: evaluate every PPO run every this many PPO steps (rollouts) and at its last step."""
+
+    @property
+    def mixed_precision(self) -> str:
+        """The precision of every trainer of the task: they share one accelerator, and accelerate allows one
+        precision per process, so the trainers' ``mixed_precision`` fields must agree."""
+        trainers = ("sft", "dpo", "preferred_ft", "unlikelihood", "reward_model", "ppo")
+        values = {name: getattr(self, name).mixed_precision for name in trainers}
+        if len(set(values.values())) > 1:
+            raise ValueError(f"mixed_precision: the trainers of one task must share it, got {values}")
+        return values["sft"]
 
 
 def _tiny() -> TaskConfig:
