@@ -27,17 +27,14 @@ import math
 import torch
 from torch import Tensor
 
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"{field}: {message}")
+from dpo_teach.errors import require
 
 
 def _check_tokens(mask: Tensor, **tensors: Tensor) -> Tensor:
     """Check every tensor has the shape of ``mask``; return the mask as a float tensor of their dtype."""
     dtype = next(iter(tensors.values())).dtype
     for name, value in tensors.items():
-        _require(
+        require(
             value.shape == mask.shape,
             name,
             f"shape {tuple(value.shape)} does not match mask {tuple(mask.shape)}; token tensors are (B, T)",
@@ -57,7 +54,7 @@ def masked_var(values: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of ``values`` over masked-in entries; ``unbiased`` applies Bessel's n / (n - 1), as TRL does."""
     mask = _check_tokens(mask, values=values)
     count = mask.sum()
-    _require(count >= (2 if unbiased else 1), "mask", f"has {int(count)} entries, too few for a variance")
+    require(count >= (2 if unbiased else 1), "mask", f"has {int(count)} entries, too few for a variance")
     variance = masked_mean((values - masked_mean(values, mask)) ** 2, mask)
     return variance * count / (count - 1) if unbiased else variance
 
@@ -88,9 +85,9 @@ def kl_penalized_rewards(
     ``(rewards, kl)``, each (B, T).
     """
     mask = _check_tokens(mask, logprobs=logprobs, ref_logprobs=ref_logprobs)
-    _require(scores.shape == mask.shape[:1], "scores", f"shape {tuple(scores.shape)}, expected (B,) = {mask.shape[:1]}")
+    require(scores.shape == mask.shape[:1], "scores", f"shape {tuple(scores.shape)}, expected (B,) = {mask.shape[:1]}")
     empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
-    _require(not empty, "mask", f"rows {empty} have no completion token to carry the score")
+    require(not empty, "mask", f"rows {empty} have no completion token to carry the score")
     kl = (logprobs - ref_logprobs) * mask  # (B, T)
     rewards = -kl_coef * kl  # (B, T)
     positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)  # (T,)
@@ -134,7 +131,7 @@ def clipped_policy_loss(
     KL(pi_old || pi)). Shapes (B, T).
     """
     mask = _check_tokens(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
-    _require(clip_range > 0, "clip_range", f"must be > 0, got {clip_range}")
+    require(clip_range > 0, "clip_range", f"must be > 0, got {clip_range}")
     logratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(logratio)  # (B, T)
     pg_loss1 = -advantages * ratio  # (B, T)
@@ -158,7 +155,7 @@ def clipped_value_loss(
     Returns ``(loss, stats)`` with the detached scalar ``value_clipfrac``. Shapes (B, T).
     """
     mask = _check_tokens(mask, values=values, old_values=old_values, returns=returns)
-    _require(clip_range_value > 0, "clip_range_value", f"must be > 0, got {clip_range_value}")
+    require(clip_range_value > 0, "clip_range_value", f"must be > 0, got {clip_range_value}")
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)  # (B, T)
     v_loss_unclipped = (values - returns) ** 2  # (B, T)
     v_loss_clipped = (v_clipped - returns) ** 2  # (B, T)
@@ -194,7 +191,7 @@ class FixedKLController:
     """A constant KL coefficient beta; :meth:`update` does nothing."""
 
     def __init__(self, kl_coef: float) -> None:
-        _require(kl_coef >= 0, "kl_coef", f"must be >= 0, got {kl_coef}")
+        require(kl_coef >= 0, "kl_coef", f"must be >= 0, got {kl_coef}")
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, num_steps: int) -> None:
@@ -217,9 +214,9 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
-        _require(init_kl_coef > 0, "init_kl_coef", f"must be > 0, got {init_kl_coef}")
-        _require(target > 0, "target", f"must be > 0, got {target}")
-        _require(horizon > 0, "horizon", f"must be > 0, got {horizon}")
+        require(init_kl_coef > 0, "init_kl_coef", f"must be > 0, got {init_kl_coef}")
+        require(target > 0, "target", f"must be > 0, got {target}")
+        require(horizon > 0, "horizon", f"must be > 0, got {horizon}")
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, num_steps: int) -> None:

@@ -10,16 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dpo_teach.data import TRUNCATION_MODES
+from dpo_teach.errors import require
 from dpo_teach.losses import PREFERENCE_LOSSES
 
 OPTIMIZERS = ("rmsprop", "adamw")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"{field}: {message}")
 
 
 @dataclass
@@ -82,44 +78,44 @@ class TrainConfig:
     """Show a tqdm progress bar (works in a terminal and in Jupyter)."""
 
     def __post_init__(self) -> None:
-        _require(self.model_dtype in DTYPES, "model_dtype", f"must be one of {DTYPES}, got {self.model_dtype!r}")
-        _require(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}")
-        _require(
+        require(self.model_dtype in DTYPES, "model_dtype", f"must be one of {DTYPES}, got {self.model_dtype!r}")
+        require(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}")
+        require(
             0 < self.max_prompt_length < self.max_length,
             "max_prompt_length",
             f"must be in (0, max_length={self.max_length}), got {self.max_prompt_length}",
         )
-        _require(
+        require(
             self.truncation_mode in TRUNCATION_MODES,
             "truncation_mode",
             f"must be one of {TRUNCATION_MODES}, got {self.truncation_mode!r}",
         )
-        _require(self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
-        _require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        _require(
+        require(self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
+        require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        require(
             self.gradient_accumulation_steps > 0,
             "gradient_accumulation_steps",
             f"must be > 0, got {self.gradient_accumulation_steps}",
         )
-        _require(
+        require(
             self.batch_size % self.gradient_accumulation_steps == 0,
             "batch_size",
             f"{self.batch_size} is not divisible by gradient_accumulation_steps={self.gradient_accumulation_steps}",
         )
-        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        _require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
-        _require(
+        require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        require(
             self.mixed_precision in MIXED_PRECISION,
             "mixed_precision",
             f"must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}",
         )
         for name in ("eval_every", "save_every"):
-            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        _require(self.eval_batch_size > 0, "eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
-        _require(self.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.eval_batch_size > 0, "eval_batch_size", f"must be > 0, got {self.eval_batch_size}")
+        require(self.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {self.keep_checkpoints}")
 
     @property
     def trackers(self) -> list[str]:
@@ -157,18 +153,18 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
-        _require(
+        require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        require(
             self.loss in PREFERENCE_LOSSES, "loss", f"must be one of {sorted(PREFERENCE_LOSSES)}, got {self.loss!r}"
         )
-        _require(0 <= self.label_smoothing < 0.5, "label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
-        _require(self.nll_weight >= 0, "nll_weight", f"must be >= 0, got {self.nll_weight}")
-        _require(
+        require(0 <= self.label_smoothing < 0.5, "label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        require(self.nll_weight >= 0, "nll_weight", f"must be >= 0, got {self.nll_weight}")
+        require(
             self.loss != "simpo" or self.average_logps,
             "average_logps",
             "must be true for loss='simpo' (SimPO is defined on per-token mean log-probs)",
         )
-        _require(
+        require(
             self.reference_dtype in ("", *DTYPES),
             "reference_dtype",
             f"must be empty or one of {DTYPES}, got {self.reference_dtype!r}",
@@ -252,24 +248,24 @@ class PPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
+        require(
             self.gradient_accumulation_steps == 1,
             "gradient_accumulation_steps",
             f"must be 1 for PPO (num_minibatches splits a rollout), got {self.gradient_accumulation_steps}",
         )
         for name in ("max_new_tokens", "ppo_epochs", "num_minibatches", "kl_horizon"):
-            _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        _require(
+            require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        require(
             self.batch_size % self.num_minibatches == 0,
             "num_minibatches",
             f"batch_size={self.batch_size} rollouts cannot be split into {self.num_minibatches} equal minibatches",
         )
         for name in ("clip_range", "clip_range_value", "target_kl"):
-            _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        _require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
+            require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        require(self.vf_coef >= 0, "vf_coef", f"must be >= 0, got {self.vf_coef}")
         for name in ("gamma", "lam"):
-            _require(0 <= getattr(self, name) <= 1, name, f"must be in [0, 1], got {getattr(self, name)}")
-        _require(
+            require(0 <= getattr(self, name) <= 1, name, f"must be in [0, 1], got {getattr(self, name)}")
+        require(
             self.init_kl_coef > 0 or (self.init_kl_coef == 0 and not self.adaptive_kl),
             "init_kl_coef",
             f"must be > 0 (or 0 with adaptive_kl: false, no KL penalty), got {self.init_kl_coef}",
@@ -303,7 +299,7 @@ class RewardModelConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
+        require(
             not self.keep_best or self.eval_every > 0,
             "keep_best",
             "needs evaluations to choose from: set eval_every > 0 (and eval_data), or keep_best: false",
@@ -323,4 +319,4 @@ class UnlikelihoodConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
+        require(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
