@@ -139,9 +139,9 @@ def check_resumable(trainer_state: dict, config: dict, checkpoint: str) -> None:
     """Raise ValueError naming every field of ``config`` that differs from the checkpoint's and matters to training
     (the data, the model, the optimizer, the loss), so a resumed run never silently continues a different one."""
     saved = trainer_state["config"]
-    changed = sorted(
-        name for name in config if name not in RESUMABLE_CHANGES and saved.get(name, config[name]) != config[name]
-    )
+    # a linear learning-rate decay ends at max_steps: another max_steps changes every later step's learning rate
+    allowed = RESUMABLE_CHANGES - ({"max_steps"} if config.get("lr_schedule") == "linear" else set())
+    changed = sorted(name for name in config if name not in allowed and saved.get(name, config[name]) != config[name])
     if changed:
         details = ", ".join(f"{name}: {saved[name]!r} -> {config[name]!r}" for name in changed)
         raise ValueError(

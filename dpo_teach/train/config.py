@@ -14,6 +14,7 @@ from dpo_teach.errors import require
 from dpo_teach.losses import PREFERENCE_LOSSES
 
 OPTIMIZERS = ("rmsprop", "adamw")
+LR_SCHEDULES = ("constant", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -56,6 +57,8 @@ class TrainConfig:
     """Decoupled weight decay for AdamW (RMSprop: L2 added to the gradient)."""
     warmup_steps: int = 150  # paper App. B
     """Linear warmup from 0 to learning_rate over this many steps."""
+    lr_schedule: str = "constant"  # the DPO authors' code: warmup, then constant
+    """After the warmup: 'constant', or 'linear' decay to 0 at max_steps (CleanRL's anneal_lr for PPO)."""
     max_grad_norm: float = 10.0  # the DPO authors' code
     """Clip the global gradient norm to this; 0 turns clipping off."""
     mixed_precision: str = "no"
@@ -106,6 +109,9 @@ class TrainConfig:
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(
+            self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+        )
         require(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         require(
             self.mixed_precision in MIXED_PRECISION,

@@ -30,7 +30,7 @@ import torch
 
 from dpo_teach.data import to_device
 from dpo_teach.train.config import TrainConfig
-from dpo_teach.train.run import TrainingRun, build_optimizer, step_generator, warmup_schedule
+from dpo_teach.train.run import TrainingRun, build_optimizer, learning_rate_schedule, step_generator
 
 Batch = dict[str, torch.Tensor]
 
@@ -92,7 +92,7 @@ def train_loop(
     dir. ``collate`` turns a list of examples into a batch of tensors."""
     config, accelerator = run.config, run.accelerator
     optimizer = build_optimizer(model, config)
-    model, optimizer, scheduler = run.prepare(model, optimizer, warmup_schedule(optimizer, config.warmup_steps))
+    model, optimizer, scheduler = run.prepare(model, optimizer, learning_rate_schedule(optimizer, config))
     run.start(model, tokenizer, f"{len(train_examples)} training examples")
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     for step in run.steps():

@@ -51,7 +51,7 @@ from dpo_teach.train.config import PPOConfig
 from dpo_teach.train.loop import micro_batch_indices
 from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
 from dpo_teach.train.rollout import Batch, make_value_model, rollout_batch, rollout_logps, token_values
-from dpo_teach.train.run import Callback, TrainingRun, build_optimizer, step_generator, warmup_schedule
+from dpo_teach.train.run import Callback, TrainingRun, build_optimizer, learning_rate_schedule, step_generator
 
 Reward = Callable[[list[str]], torch.Tensor]
 
@@ -236,7 +236,7 @@ def train_ppo(
         policy.to(accelerator.device)
         value_model.to(accelerator.device)
         optimizer = build_optimizer(torch.nn.ModuleList([policy, value_model]), config)  # one optimizer over both
-        scheduler = warmup_schedule(optimizer, config.warmup_steps)  # stepped once per PPO step
+        scheduler = learning_rate_schedule(optimizer, config)  # stepped once per PPO step
         policy, value_model, optimizer, scheduler = run.prepare(policy, value_model, optimizer, scheduler)
         controller = make_kl_controller(config)
         resumed = run.start(policy, tokenizer, f"{len(prompts)} prompts")

@@ -146,9 +146,19 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr(s) = learning_rate * min(1, (s + 1) / (warmup_steps + 1)), as in the DPO authors' trainer."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of optimizer step s (0-based), a factor of ``config.learning_rate``:
+
+    warmup:  min(1, (s + 1) / (warmup_steps + 1))                      (the DPO authors' trainer)
+    linear:  times 1 - s / max_steps, so the last step takes 1 / max_steps of it (CleanRL's anneal_lr,
+             Huang et al. 2022, "The 37 implementation details of PPO", detail 4)
+    """
+    warmup_steps, max_steps, linear = config.warmup_steps, config.max_steps, config.lr_schedule == "linear"
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / (warmup_steps + 1)) * ((1.0 - step / max_steps) if linear else 1.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class MetricsLog:
