@@ -16,7 +16,7 @@ from transformers import GPT2ForSequenceClassification
 from dpo_teach.data import tokenize_preference
 from dpo_teach.losses import bradley_terry_loss, dpo_loss
 from dpo_teach.sentiment.rewards import make_reward
-from dpo_teach.train import reward_model as reward_model_module
+from dpo_teach.train import pairs as pairs_module
 from dpo_teach.train.config import RewardModelConfig
 from dpo_teach.train.loop import micro_batch_indices
 from dpo_teach.train.reward_model import (
@@ -170,12 +170,12 @@ def fake_accuracies(monkeypatch):
     """Held-out accuracies 0.5, 0.75, 0.75, 0.6 at steps 0, 2, 4, 6 (the real evaluation runs; its accuracy is
     replaced), so the best is step 2: step 4 ties it and the earliest is kept."""
     accuracies = iter([0.5, 0.75, 0.75, 0.6])
-    original = reward_model_module.evaluate_pairs
+    original = pairs_module.evaluate_pairs
 
     def evaluate_pairs(*args, **kwargs):
         return {**original(*args, **kwargs), "accuracy": next(accuracies)}
 
-    monkeypatch.setattr(reward_model_module, "evaluate_pairs", evaluate_pairs)
+    monkeypatch.setattr(pairs_module, "evaluate_pairs", evaluate_pairs)
 
 
 @pytest.mark.usefixtures("fake_accuracies")

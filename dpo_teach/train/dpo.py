@@ -32,9 +32,9 @@ from dpo_teach.losses import get_loss, nll_loss, pairwise_accuracy
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.loop import train_loop
 from dpo_teach.train.models import DTYPES, load_causal_lm
-from dpo_teach.train.pairs import PairObjective, evaluate_pairs
+from dpo_teach.train.pairs import PairObjective, pair_evaluation
 from dpo_teach.train.reference import reference_logps
-from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.run import Callback, TrainingRun
 from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
@@ -162,9 +162,5 @@ def train_dpo(
             gc.collect()
         objective = DPOObjective(config, run.accelerator, reference)
         if inputs.held_out:
-            evaluate = partial(
-                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
-                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
-            )  # fmt: skip
-            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+            run.add_evaluation(pair_evaluation(run, objective, inputs.held_out, collate))
         return train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)

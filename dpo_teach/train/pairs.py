@@ -9,11 +9,13 @@ so every pair weighs the same) and :func:`evaluate_pairs` averages everything ov
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from accelerate import Accelerator
 
 from dpo_teach.train.loop import StepOutput
+from dpo_teach.train.run import TrainingRun
 from dpo_teach.train.sharded import map_examples
 
 Batch = dict[str, torch.Tensor]
@@ -57,3 +59,12 @@ def evaluate_pairs(
 
     table = map_examples(accelerator, examples, collate, batch_size, metrics_of, "evaluating", progress_bar)
     return dict(zip(objective.metric_names, table.mean(dim=0).tolist(), strict=True))
+
+
+def pair_evaluation(run: TrainingRun, objective: PairObjective, examples: Sequence[dict], collate):
+    """``evaluate(model)``: :func:`evaluate_pairs` on the held-out ``examples`` with the run's settings."""
+    config = run.config
+    return partial(
+        evaluate_pairs, objective=objective, examples=examples, collate=collate, batch_size=config.eval_batch_size,
+        accelerator=run.accelerator, progress_bar=config.progress_bar,
+    )  # fmt: skip

@@ -44,8 +44,8 @@ from dpo_teach.losses import bradley_terry_loss, pairwise_accuracy
 from dpo_teach.train.config import RewardModelConfig
 from dpo_teach.train.loop import train_loop
 from dpo_teach.train.models import DTYPES
-from dpo_teach.train.pairs import PairObjective, evaluate_pairs
-from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.pairs import PairObjective, pair_evaluation
+from dpo_teach.train.run import Callback, TrainingRun
 from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
@@ -237,12 +237,12 @@ def train_reward_model(
         objective = RewardModelObjective(inputs.tokenizer.pad_token_id)
         best = None
         if inputs.held_out:
-            evaluate = partial(
-                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
-                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
-            )  # fmt: skip
-            best = BestCheckpoint(run, inputs.held_out, evaluate) if config.keep_best else None
-            run.callbacks.insert(0, best or every(config.eval_every, config.max_steps, evaluate))
+            evaluate = pair_evaluation(run, objective, inputs.held_out, collate)
+            if config.keep_best:
+                best = BestCheckpoint(run, inputs.held_out, evaluate)
+                run.callbacks.insert(0, best)  # evaluates every eval_every steps itself, keeping the best weights
+            else:
+                run.add_evaluation(evaluate)
         final = train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)
         if best is not None:
             best.finish(final)

@@ -271,6 +271,11 @@ class TrainingRun:
         )
         return resumed
 
+    def add_evaluation(self, evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> None:
+        """Make ``evaluate(model)`` (the trainer's own held-out evaluation) the first callback, called at step 0,
+        every ``eval_every`` steps and at the last (:func:`every`)."""
+        self.callbacks.insert(0, every(self.config.eval_every, self.config.max_steps, evaluate))
+
     def steps(self) -> range:
         """The 0-based optimizer steps still to take."""
         return range(self.start_step, self.config.max_steps)

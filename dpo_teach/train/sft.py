@@ -22,7 +22,7 @@ from dpo_teach.data import IGNORE_INDEX, collate_sft
 from dpo_teach.logprobs import completion_logps
 from dpo_teach.train.config import SFTConfig
 from dpo_teach.train.loop import StepOutput, train_loop
-from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.run import Callback, TrainingRun
 from dpo_teach.train.setup import load_inputs
 from dpo_teach.train.sharded import map_examples
 
@@ -87,5 +87,5 @@ def train_sft(
                 evaluate_nll, accelerator=run.accelerator, examples=inputs.held_out, collate=collate,
                 batch_size=config.eval_batch_size, progress_bar=config.progress_bar,
             )  # fmt: skip
-            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+            run.add_evaluation(evaluate)
         return train_loop(run, inputs.model, inputs.tokenizer, SFTObjective(), inputs.train, collate)

@@ -28,8 +28,8 @@ from dpo_teach.logprobs import token_logps
 from dpo_teach.losses import unlikelihood_loss
 from dpo_teach.train.config import UnlikelihoodConfig
 from dpo_teach.train.loop import train_loop
-from dpo_teach.train.pairs import PairObjective, evaluate_pairs
-from dpo_teach.train.run import Callback, TrainingRun, every
+from dpo_teach.train.pairs import PairObjective, pair_evaluation
+from dpo_teach.train.run import Callback, TrainingRun
 from dpo_teach.train.setup import load_inputs
 
 Batch = dict[str, torch.Tensor]
@@ -84,9 +84,5 @@ def train_unlikelihood(
         collate = partial(collate_preference, pad_token_id=inputs.tokenizer.pad_token_id)
         objective = UnlikelihoodObjective(config)
         if inputs.held_out:
-            evaluate = partial(
-                evaluate_pairs, objective=objective, examples=inputs.held_out, collate=collate,
-                batch_size=config.eval_batch_size, accelerator=run.accelerator, progress_bar=config.progress_bar,
-            )  # fmt: skip
-            run.callbacks.insert(0, every(config.eval_every, config.max_steps, evaluate))
+            run.add_evaluation(pair_evaluation(run, objective, inputs.held_out, collate))
         return train_loop(run, inputs.model, inputs.tokenizer, objective, inputs.train, collate)
