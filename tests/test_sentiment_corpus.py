@@ -118,6 +118,30 @@ def tiny_imdb(tmp_path):
     return path
 
 
+def test_synopsis_and_context_sentences_hold_no_word_of_vaders_lexicon():
+    """The neutral world carries no opinion, for any reader: every rendered synopsis and viewing-context sentence
+    (all their templates and word lists, 4,000 draws) has no word in VADER's lexicon, so VADER scores it 0.
+    Before this held, "X plays Y" (VADER: "plays" +1.0) made plots read as praise."""
+    import random
+
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    from dpo_teach.sentiment import corpus
+
+    analyzer = SentimentIntensityAnalyzer()
+    rng = random.Random(0)
+    sentences = []
+    for _ in range(2000):
+        writer = corpus._Writer(rng, rating=rng.randint(1, 10))
+        sentences += [*writer.synopsis(2), writer.context()]
+    scored = {word for sentence in sentences for word in re.findall(r"[a-z'-]+", sentence.lower())} & set(
+        analyzer.lexicon
+    )
+    assert scored == set(), sorted(scored)
+    assert all(analyzer.polarity_scores(sentence)["compound"] == 0 for sentence in sentences)
+    assert any(" stars as " in sentence for sentence in sentences)
+
+
 def test_imdb_corpus_reads_a_saved_dataset_dict(tiny_imdb):
     corpus = imdb_corpus(str(tiny_imdb))
     assert corpus["train"] == [Review("A fine film. Loved it.", None, 1), Review("Dull. Awful.", None, 0)]

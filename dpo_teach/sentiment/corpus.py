@@ -10,8 +10,10 @@ runs on a laptop. Each synthetic review has a latent ``rating`` (1-10) that sets
 - intensifiers ("really", "somewhat"), negation ("not bad", "never boring", "not great") and
   contrast ("..., but ...", "Although ..."), the constructions a lexicon-based reward can misread;
 - neutral synopsis sentences (generated characters, occupations, places, events) and
-  viewing-context sentences ("I saw it with my sister on a rainy Sunday"), which carry no opinion;
-  their words are kept out of VADER's lexicon, so the tiny preset's reward reads opinions, not plots;
+  viewing-context sentences ("I saw it with my sister on a wet Sunday"), which carry no opinion;
+  no word of theirs is in VADER's lexicon (tested: VADER scores every one of them 0), so neither the learned
+  ground truth nor VADER can find sentiment in a plot ("X plays Y" became "X stars as Y": VADER's lexicon
+  scores "plays" +1.0);
 - an optional closing verdict ("Stay away.", "8/10.").
 
 Ratings are U-shaped like IMDb's; ``label`` is 1 for ratings >= 6. The ground truth, VADER
@@ -230,10 +232,10 @@ OCCUPATIONS = [
     "landscape painter",
 ]
 GENRES = [
-    "thriller", "drama", "western", "mystery", "family drama", "science fiction film", "heist movie", "road movie",
-    "period piece", "coming-of-age story", "musical", "courtroom drama", "sports drama", "spy thriller",
+    "suspense film", "drama", "western", "mystery", "family drama", "science fiction film", "heist movie", "road movie",
+    "period piece", "coming-of-age story", "musical", "courtroom drama", "sports drama", "espionage film",
     "satire", "biopic", "detective story", "melodrama", "caper", "fantasy film", "political drama",
-    "submarine picture", "chamber piece", "mockumentary", "swashbuckler", "noir", "dance film", "legal thriller",
+    "submarine picture", "chamber piece", "mockumentary", "swashbuckler", "noir", "dance film", "courtroom procedural",
 ]
 RELATIONS = [
     "landlord", "business partner", "childhood rival", "next-door neighbor", "stepson", "mentor", "godmother",
@@ -241,7 +243,7 @@ RELATIONS = [
 ]
 EVENTS = [  # "{name}, a nurse in Lisbon who {event}"; {subj}/{obj}/{pos} are the character's pronouns
     "inherits a crumbling hotel on the coast", "discovers a stranger living in {pos} attic",
-    "agrees to deliver a package across the border", "is hired to track down a runaway teenager",
+    "is paid to deliver a package across the border", "is hired to track down a runaway teenager",
     "tries to reconnect with {pos} estranged daughter", "coaches a team of misfits for the regional tournament",
     "finds a stack of old letters under the floorboards", "spends a winter at a cabin in the mountains",
     "witnesses something unusual on the night train", "returns home to sell {pos} father's house",
@@ -250,8 +252,8 @@ EVENTS = [  # "{name}, a nurse in Lisbon who {event}"; {subj}/{obj}/{pos} are th
     "starts receiving postcards from a classmate who vanished years ago", "buys a racehorse nobody else wants",
     "takes a job at a remote weather station", "is asked to testify against {pos} own brother",
     "enters a baking contest to keep the family bakery open", "goes on a road trip with {pos} grumpy grandfather",
-    "opens a restaurant in a town that does not want one", "swaps lives with a famous singer for a week",
-    "adopts a dog that seems to understand every word", "takes in a runaway who knows too much",
+    "opens a restaurant in a town that has never had one", "swaps lives with a famous singer for a week",
+    "takes home a dog that seems to understand every word", "takes in a runaway who knows too much",
     "has to look after {pos} sister's twins for a summer", "finds a suitcase of cash and tells nobody",
     "joins a traveling circus to get away from home", "washes up on an island after a shipwreck",
     "runs for mayor on a dare", "teaches chess at a state penitentiary",
@@ -275,7 +277,7 @@ EVENTS = [  # "{name}, a nurse in Lisbon who {event}"; {subj}/{obj}/{pos} are th
     "drives a hearse across the prairie for a stranger", "raises pigeons on a rooftop in the old harbor",
     "volunteers at a hospice run by nuns", "teaches a parrot to recite poetry", "counts birds on a windswept island",
     "coaches a debate team from the other side of the tracks", "delivers mail by canoe in the bayou",
-    "catalogs the belongings of a late magician", "paints murals on empty warehouses",
+    "catalogs the belongings of a late magician", "paints murals on disused warehouses",
     "sings in the chorus of a provincial opera house", "builds scale models of vanished railway stations",
     "tunes church bells across the countryside", "ghostwrites the autobiography of a wrestler",
     "sets out to photograph every lighthouse on the coast", "runs a laundromat that doubles as a casino",
@@ -293,7 +295,7 @@ COMPLICATIONS = [
 GOALS = [
     "has to decide how far {subj} is willing to go", "sets out to find out what happened",
     "teams up with an unlikely partner", "must face the people {subj} left behind",
-    "starts asking questions nobody wants answered", "takes matters into {pos} own hands",
+    "starts asking questions nobody wants answered", "takes things into {pos} own hands",
     "hatches a plan that falls apart at every step", "goes back to the town {subj} swore never to see again",
     "has one week to put things right", "quietly starts keeping a notebook of everything {subj} sees",
     "hires a lawyer who has never been to court",
@@ -305,14 +307,14 @@ COMPANIONS = [
     "my film class", "my stepfather", "my aunt {first}", "my flatmate {first}",
 ]
 OCCASIONS = [
-    "on a rainy Sunday", "on a Friday night", "on a long flight to {city}", "during a snowed-in weekend",
+    "on a wet Sunday", "on a Friday night", "on a long flight to {city}", "during a snowed-in weekend",
     "on a slow Tuesday afternoon", "on New Year's Eve", "on my birthday", "late one night", "over Christmas",
     "last weekend", "during a heat wave", "after a long week at work", "while on vacation in {city}",
     "on a Thanksgiving weekend", "the night before an exam",
     "on a wet Monday in November",
 ]
 VENUES = [
-    "at a half-empty multiplex", "at the local art house", "at a retrospective in {city}",
+    "at a half-full multiplex", "at the local art house", "at a retrospective in {city}",
     "at a drive-in outside {city}", "on cable", "on a streaming service", "on an old DVD from the library",
     "on a tiny laptop screen", "at a packed opening-night screening", "on a hotel television",
     "on a scratched videotape", "at a community hall", "in a university auditorium",
@@ -389,7 +391,7 @@ class _Writer:
                 f"The story follows {hero['full']}, {job} in {place} who {event}.",
                 f"{hero['full']}, {job} from {place}, {event}.",
                 f"Set in {place} in {rng.choice(ERAS)}, this {self.genre} follows {hero['full']}, {job} who {event}.",
-                f"{self.actor()} plays {hero['full']}, {job} who {event}.",
+                f"{self.actor()} stars as {hero['full']}, {job} who {event}.",
             ]
         )
         other, other_job = self.person(), _article(other_job)
