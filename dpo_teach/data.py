@@ -44,6 +44,8 @@ EXPECTED = {
     "sft": 'a dict {"prompt": str, "completion": str} or {"text": str}',
 }
 TRUNCATION_MODES = ("keep_end", "keep_start")
+ENDED_FIELDS = {"preference": ("chosen_ended", "rejected_ended"), "sft": ("completion_ended",)}
+"""Optional booleans: False for a completion cut at a length limit, which then gets no EOS (default True)."""
 
 
 def _where(source_name: str, row: int, line: int | None) -> str:
@@ -98,6 +100,11 @@ def _problem(example: Any, kind: str, tokenizer: Any, max_length: int | None) ->
             return field, f"is a {type(example[field]).__name__}, expected a str"
         if field != "prompt" and not example[field].strip():
             return field, "is empty or whitespace only; expected a non-empty completion"
+    for field in ENDED_FIELDS[kind]:
+        if field in example and not isinstance(example[field], bool):
+            return field, (
+                f"is {example[field]!r}; expected true or false (whether the completion ended with EOS), or no such key"
+            )
     if kind == "preference" and example["chosen"] == example["rejected"]:
         return "rejected", "is identical to chosen; a preference pair needs two different completions"
     if tokenizer is not None and not is_text:
@@ -162,6 +169,11 @@ def _eos_token_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
+def _ending(token_ids: list[int], ended: bool, eos: int) -> list[int]:
+    """A completion's tokens with the EOS that ends it: appended if it ended and does not already end with one."""
+    return token_ids + [eos] if ended and token_ids[-1:] != [eos] else token_ids
+
+
 def _truncate(
     prompt: list[int],
     completions: list[list[int]],
@@ -196,7 +208,10 @@ def tokenize_preference(
 
     Prompt, chosen and rejected are tokenized separately with ``add_special_tokens=False``, so no
     BPE merge crosses the prompt/completion boundary (a completion should carry its own leading
-    space), and ``tokenizer.eos_token_id`` is appended to each completion.
+    space), and ``tokenizer.eos_token_id`` is appended to each completion that ended: all of them,
+    unless the example says ``chosen_ended`` / ``rejected_ended`` is False (a sample cut at its length
+    limit, ``dpo_teach.sampling.Samples.ended``: an EOS there would teach the policy to stop where the
+    text did not stop). A completion whose text already ends with the EOS token gets no second one.
 
     Truncation follows the DPO authors' code: when ``len(prompt) + max(len(chosen), len(rejected))``
     exceeds ``max_length``, the prompt is cut to ``max_prompt_length`` tokens (``"keep_end"`` keeps
@@ -209,8 +224,8 @@ def tokenize_preference(
     """
     eos = _eos_token_id(tokenizer)
     prompt = _token_ids(tokenizer, example["prompt"])
-    chosen = _token_ids(tokenizer, example["chosen"]) + [eos]
-    rejected = _token_ids(tokenizer, example["rejected"]) + [eos]
+    chosen = _ending(_token_ids(tokenizer, example["chosen"]), example.get("chosen_ended", True), eos)
+    rejected = _ending(_token_ids(tokenizer, example["rejected"]), example.get("rejected_ended", True), eos)
     prompt, (chosen, rejected) = _truncate(prompt, [chosen, rejected], max_length, max_prompt_length, truncation_mode)
     return {"prompt_input_ids": prompt, "chosen_input_ids": chosen, "rejected_input_ids": rejected}
 
@@ -225,16 +240,17 @@ def tokenize_sft(
     """Token ids and labels of one SFT example: ``input_ids`` and ``labels``, equal lengths.
 
     ``{"prompt", "completion"}``: tokenized and truncated as in :func:`tokenize_preference` (one
-    completion, EOS appended, lost if the completion is truncated); ``labels`` are ``-100`` on the
+    completion, EOS appended unless ``completion_ended`` is False, lost if the completion is truncated);
+    ``labels`` are ``-100`` on the
     prompt. ``{"text"}``: the whole text plus EOS, cut to its first ``max_length`` tokens, every
     position a label (``max_prompt_length`` and ``truncation_mode`` are then unused).
     """
     eos = _eos_token_id(tokenizer)
     if "completion" not in example:
-        input_ids = (_token_ids(tokenizer, example["text"]) + [eos])[:max_length]
+        input_ids = _ending(_token_ids(tokenizer, example["text"]), True, eos)[:max_length]
         return {"input_ids": input_ids, "labels": list(input_ids)}
     prompt = _token_ids(tokenizer, example["prompt"])
-    completion = _token_ids(tokenizer, example["completion"]) + [eos]
+    completion = _ending(_token_ids(tokenizer, example["completion"]), example.get("completion_ended", True), eos)
     prompt, (completion,) = _truncate(prompt, [completion], max_length, max_prompt_length, truncation_mode)
     return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
 

@@ -57,6 +57,9 @@ class Samples:
     """Generated tokens, up to and including the EOS that ended the completion if one did; no padding."""
     completions: list[str]
     """``completion_ids`` decoded without special tokens (so without the EOS)."""
+    ended: list[bool]
+    """Whether each completion ended with EOS (True) or was cut at ``max_new_tokens`` (False): only an ended
+    completion teaches a policy where to stop (``dpo_teach.data.tokenize_preference``)."""
     num_samples_per_prompt: int
     """K."""
 
@@ -167,4 +170,5 @@ def sample(
     completions = [
         tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) for ids in completion_ids
     ]
-    return Samples(flat_prompts, flat_ids, completion_ids, completions, num_samples_per_prompt)
+    ended = [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
+    return Samples(flat_prompts, flat_ids, completion_ids, completions, ended, num_samples_per_prompt)

@@ -227,6 +227,28 @@ def test_tokenize_sft_prompt_completion_truncation_matches_preference(tiny_token
     assert tokens["labels"] == [IGNORE_INDEX] * 8 + chosen[:12]
 
 
+def test_eos_is_appended_only_where_the_completion_ended(tiny_tokenizer):
+    """A completion cut at the sampling length (``chosen_ended``/``rejected_ended``/``completion_ended`` False) gets
+    no EOS label; one that ended gets exactly one, also when its text already ends with the EOS token."""
+    eos, eos_text = tiny_tokenizer.eos_token_id, tiny_tokenizer.eos_token
+    pair = {**GOOD, "chosen_ended": False, "rejected_ended": True}
+    tokens = tokenize_preference(pair, tiny_tokenizer, 64, 32)
+    assert tokens["chosen_input_ids"] == ids(tiny_tokenizer, GOOD["chosen"])  # cut: no EOS
+    assert tokens["rejected_input_ids"] == ids(tiny_tokenizer, GOOD["rejected"]) + [eos]  # ended: one EOS
+    already = tokenize_preference({**GOOD, "chosen": GOOD["chosen"] + eos_text}, tiny_tokenizer, 64, 32)
+    assert already["chosen_input_ids"].count(eos) == 1 and already["chosen_input_ids"][-1] == eos
+    batch = collate_preference([tokens], tiny_tokenizer.pad_token_id)  # the labels a trainer sees
+    chosen_labels, rejected_labels = batch["labels"][0].tolist(), batch["labels"][1].tolist()
+    assert eos not in chosen_labels and rejected_labels.count(eos) == 1
+    sft = tokenize_sft({"prompt": "The movie", "completion": " was", "completion_ended": False}, tiny_tokenizer, 64, 32)
+    assert sft["input_ids"][-1] != eos and eos not in sft["labels"]
+
+
+def test_an_ending_flag_that_is_not_a_bool_is_named(tiny_tokenizer):
+    with pytest.raises(DataError, match=r"row 0, field 'chosen_ended': is 'no'; expected true or false"):
+        load_examples([{**GOOD, "chosen_ended": "no"}], "preference")
+
+
 def test_tokenize_all_matches_a_loop(tiny_tokenizer, tiny_pairs):
     kwargs = {"tokenizer": tiny_tokenizer, "max_length": 32, "max_prompt_length": 16}
     expected = [tokenize_preference(example, **kwargs) for example in tiny_pairs]

@@ -12,17 +12,19 @@ from dpo_teach.sampling import Samples, SamplingConfig, sample
 from dpo_teach.sentiment.pairs import build_pairs, load_pairs, save_pairs
 
 
-def _samples(prompts: list[str], completions: list[str]) -> Samples:
-    """Samples with K = len(completions) // len(prompts), token ids left empty (pairs use strings only)."""
+def _samples(prompts: list[str], completions: list[str], ended: list[bool] | None = None) -> Samples:
+    """Samples with K = len(completions) // len(prompts), token ids left empty (pairs use strings only); every
+    completion ended with EOS unless ``ended`` says otherwise."""
     num_samples_per_prompt = len(completions) // len(prompts)
     flat_prompts = [prompt for prompt in prompts for _ in range(num_samples_per_prompt)]
     empty_ids = [[] for _ in completions]
-    return Samples(flat_prompts, empty_ids, empty_ids, completions, num_samples_per_prompt)
+    ended = [True] * len(completions) if ended is None else ended
+    return Samples(flat_prompts, empty_ids, empty_ids, completions, ended, num_samples_per_prompt)
 
 
 def test_four_samples_give_six_pairs_with_the_higher_reward_chosen():
     completions = [" was great.", " was dull.", " was fine.", " was awful!"] + [" a", " b", " c", " d"]
-    samples = _samples(["The movie", "This film"], completions)
+    samples = _samples(["The movie", "This film"], completions, ended=[True, False, True, True] + [True] * 4)
     rewards = torch.tensor([0.9, 0.2, 0.5, 0.1, 0.3, 0.4, 0.8, 0.6])
     pairs, num_dropped = build_pairs(samples, rewards)
 
@@ -45,6 +47,8 @@ def test_four_samples_give_six_pairs_with_the_higher_reward_chosen():
         "rejected": " was dull.",
         "chosen_reward": pytest.approx(0.9),
         "rejected_reward": pytest.approx(0.2),
+        "chosen_ended": True,
+        "rejected_ended": False,  # sample 1 was cut at the length limit: it carries that to tokenization
     }
 
 

@@ -97,6 +97,7 @@ def test_samples_layout_is_prompt_major_and_completions_stop_at_eos(tiny_tokeniz
         assert 0 < len(ids) <= max_new_tokens
         assert eos not in ids[:-1]  # EOS only ever ends a completion; no padding after it
         assert ids[-1] == eos or len(ids) == max_new_tokens
+        assert samples.ended[index] == (ids[-1] == eos)  # cut at max_new_tokens: not ended
         assert samples.completions[index] == tiny_tokenizer.decode(ids, skip_special_tokens=True)
         assert samples.texts[index] == prompt + samples.completions[index]
     ended_by_eos = sum(ids[-1] == eos for ids in samples.completion_ids)

@@ -67,7 +67,10 @@ def sweep_methods(config: TaskConfig) -> list[Method]:
 def _chosen_completions(path: Path) -> list[dict]:
     """Preferred-FT's data: ``{"prompt", "completion"}`` with the chosen completion of every pair."""
     pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"prompt": pair["prompt"], "completion": pair["chosen"]} for pair in pairs]
+    return [
+        {"prompt": pair["prompt"], "completion": pair["chosen"], "completion_ended": pair.get("chosen_ended", True)}
+        for pair in pairs
+    ]
 
 
 Train = Callable[[TrainConfig, Sequence[Callback]], Path]

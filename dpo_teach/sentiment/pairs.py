@@ -5,8 +5,9 @@ the SFT policy and turns them into all 6 pairs, the completion with the higher g
 being chosen (y_w) and the other rejected (y_l). Notebook 5 builds them step by step.
 
 A pair is written in the standard preference format that ``dpo_teach.data.load_examples`` reads,
-``{"prompt", "chosen", "rejected"}``, plus the two rewards ``chosen_reward`` and ``rejected_reward``
-(extra keys pass through ``load_examples`` untouched).
+``{"prompt", "chosen", "rejected"}``, plus the two rewards ``chosen_reward`` and ``rejected_reward`` and whether
+each completion ended with EOS, ``chosen_ended`` and ``rejected_ended`` (a completion cut at the sampling length
+gets no EOS when tokenized: ``dpo_teach.data.tokenize_preference``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def build_pairs(samples: Samples, rewards: torch.Tensor, tie_tolerance: float = 
                     "rejected": samples.completions[rejected],
                     "chosen_reward": reward_values[chosen],
                     "rejected_reward": reward_values[rejected],
+                    "chosen_ended": samples.ended[chosen],
+                    "rejected_ended": samples.ended[rejected],
                 }
             )
     return pairs, num_dropped
