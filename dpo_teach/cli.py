@@ -103,7 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _frontier(args: argparse.Namespace) -> int:
     # imported here so that `dpo-teach bandit` does not pay for importing transformers
-    from dpo_teach.frontier import processes
+    from dpo_teach.frontier import processes, report, statistics
     from dpo_teach.frontier.presets import preset, quick
     from dpo_teach.frontier.results import summary_table
     from dpo_teach.frontier.sweep import run_frontier
@@ -113,21 +113,31 @@ def _frontier(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/frontier-{args.preset}{'-quick' if args.quick else ''}")
     started = time.perf_counter()
     accelerator = make_accelerator(config.mixed_precision)  # this command owns the processes: one accelerator
-    rows = run_frontier(config, out, accelerator=accelerator)  # under accelerate launch every process sweeps
+    rows = run_frontier(config, out, accelerator=accelerator, seeds=args.seeds)  # every process sweeps
     if accelerator.is_main_process:
         size = "quick" if args.quick else "full"
-        figure = plots.frontier_figure(rows, title=f"reward-KL frontier, {args.preset} preset ({size} size)")
+        figure = plots.frontier_figure(
+            rows, statistics.envelopes(rows), title=f"reward-KL frontier, {args.preset} preset ({size} size)"
+        )
         figure.savefig(out / "frontier.png", dpi=120)
+        claims = statistics.paper_claims(out, rows)
+        (out / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
         seconds = time.perf_counter() - started
-        run = {"preset": args.preset, "size": size, "seconds_this_invocation": round(seconds, 1)}
-        run["processes"] = accelerator.num_processes
-        run["machine"] = describe(torch.get_num_threads())
-        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-        print(f"\n{summary_table(rows)}\n")
-        print(f"wrote {out / 'results.csv'}, {out / 'frontier.png'} and {out / 'run.json'} in {seconds:.0f} s")
+        facts = {"preset": args.preset, "size": size, "seeds": args.seeds, "seconds_this_invocation": round(seconds, 1)}
+        facts |= {"processes": accelerator.num_processes, "machine": describe(torch.get_num_threads())}
+        (out / "run.json").write_text(json.dumps(report.run_record(config, out, rows, **facts), indent=2) + "\n")
+        print(f"\n{summary_table(rows)}\n\n{statistics.format_claims(claims)}\n")
+        print(f"wrote {out / 'results.csv'}, frontier.png, claims.json and run.json in {seconds:.0f} s")
     processes.wait_for_everyone()
     accelerator.end_training()
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     frontier_parser.add_argument(
         "--quick", action="store_true", help="shrink every size: the whole sweep in minutes, for CI and smoke tests"
     )
+    frontier_parser.add_argument(
+        "--seeds", type=_positive_int, default=1,
+        help="train every run with seeds 0..K-1 (results.csv's seed column; default 1)",
+    )  # fmt: skip
     frontier_parser.set_defaults(handler=_frontier)
     return parser
 

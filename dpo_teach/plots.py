@@ -61,33 +61,57 @@ FRONTIER_STYLE = {
     "ppo-rm": ("PPO (reward model)", "D", "tab:cyan"),
     "preferred-ft": ("Preferred-FT", "^", "tab:green"),
     "unlikelihood": ("Unlikelihood", "v", "tab:purple"),
+    "best-of-n": ("best-of-N from pi_ref (KL bound)", "P", "tab:gray"),
     "sft": ("SFT policy (pi_ref)", "*", "black"),
 }
 """method -> (legend label, marker, colour) of the frontier figure, in the paper's spirit (Fig. 2 left)."""
 
 
-def frontier_figure(rows: list[dict], title: str = "reward-KL frontier") -> Figure:
-    """Expected reward against sequence KL(pi || pi_ref), one point per evaluated checkpoint (DPO paper Fig. 2 left).
-
-    ``rows`` are rows of ``results.csv`` (``dpo_teach.frontier.results``). Points of one run are joined by a
-    faint line in step order, so a reader can follow a run outwards from the SFT policy at KL 0.
-    """
-    figure = Figure(figsize=(8, 5.5), layout="constrained")
-    ax = figure.subplots()
-    start = [row for row in rows if row["method"] == "sft"][:1]  # every run starts from the SFT policy
+def _draw_frontier(ax, rows: list[dict], envelopes: dict[str, list[tuple[float, float]]], legend: bool) -> None:
     for method, (label, marker, colour) in FRONTIER_STYLE.items():
         points = [row for row in rows if row["method"] == method]
         if not points:
             continue
-        for run in dict.fromkeys(row["run"] for row in points):
-            path = start + sorted((row for row in points if row["run"] == run), key=lambda row: row["step"])
-            ax.plot([row["kl"] for row in path], [row["reward"] for row in path], color=colour, alpha=0.25, lw=1)
-        size = 160 if method == "sft" else 36
+        size = 160 if method == "sft" else 28
+        ax.errorbar([row["kl"] for row in points], [row["reward"] for row in points],
+                    xerr=[row["kl_sem"] or 0 for row in points], yerr=[row["reward_sem"] or 0 for row in points],
+                    fmt="none", ecolor=colour, alpha=0.35, lw=0.8, zorder=2)  # fmt: skip
         ax.scatter([row["kl"] for row in points], [row["reward"] for row in points], marker=marker, s=size,
-                   color=colour, label=label, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)  # fmt: skip
+                   color=colour, label=label if legend else None, alpha=0.6, edgecolors="white", linewidths=0.5,
+                   zorder=3)  # fmt: skip
+        if method in envelopes:
+            kls, rewards = zip(*envelopes[method], strict=True)
+            style = "--" if method == "best-of-n" else "-"
+            ax.plot(kls, rewards, style, color=colour, lw=2, alpha=0.9, zorder=4)
     ax.set_xlabel("KL(pi || pi_ref), nats per completion")
-    ax.set_ylabel("mean ground-truth reward")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", framealpha=0.9)
+
+
+def frontier_figure(
+    rows: list[dict], envelopes: dict[str, list[tuple[float, float]]] | None = None, title: str = "reward-KL frontier"
+) -> Figure:
+    """Expected reward against sequence KL(pi || pi_ref), one point per evaluated checkpoint with its standard errors,
+    and each method's envelope as a line (DPO paper Fig. 2 left).
+
+    ``rows`` are rows of ``results.csv`` (``dpo_teach.frontier.results``); ``envelopes`` maps a method to the (KL,
+    reward) vertices of its frontier (``dpo_teach.frontier.statistics.envelopes``). Best-of-N is drawn dashed at its
+    KL bound. When a few checkpoints stretch the KL axis (the largest KL over 3x the median), a second panel zooms
+    on the KL range where most checkpoints are.
+    """
+    envelopes = envelopes or {}
+    kls = sorted(row["kl"] for row in rows if row["method"] != "sft")
+    zoom = bool(kls) and kls[-1] > 3 * kls[len(kls) // 2]
+    figure = Figure(figsize=(14 if zoom else 8, 5.5), layout="constrained")
+    axes = figure.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    _draw_frontier(axes[0], rows, envelopes, legend=True)
+    axes[0].set_ylabel("mean ground-truth reward")
+    axes[0].set_title(title)
+    axes[0].legend(loc="lower right", framealpha=0.9, fontsize=9)
+    if zoom:
+        limit = 1.15 * kls[int(0.8 * (len(kls) - 1))]  # the 80th percentile of the checkpoints' KL
+        _draw_frontier(axes[1], rows, envelopes, legend=False)
+        inside = [row["reward"] for row in rows if row["kl"] <= limit]
+        axes[1].set_xlim(-0.02 * limit, limit)
+        axes[1].set_ylim(min(inside) - 0.02, max(inside) + 0.02)
+        axes[1].set_title(f"zoom: KL <= {limit:.1f} nats")
     return figure

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_frontier_sweep import toy_sweep
+from test_frontier_sweep import expected_rows, toy_sweep
 from test_train_distributed import free_port
 
 from dpo_teach.frontier import sweep
@@ -84,7 +84,7 @@ def test_two_processes_run_the_sweep_of_one(tmp_path):
     config = toy_sweep()
     one = sweep.run_frontier(config, tmp_path / "one-process", progress_bar=False)
     expected = [(row["run"], row["step"]) for row in one]
-    assert expected == [("sft", 0)] + [(method.run, step) for method in sweep_methods(config) for step in (2, 3)]
+    assert expected == expected_rows(config)
     saved = load_results(out / "results.csv")
     assert [(row["run"], row["step"]) for row in saved] == expected
     assert [(row["run"], row["step"]) for row in records[0]["rows"]] == expected

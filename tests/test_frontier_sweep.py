@@ -4,12 +4,13 @@ written, a finished sweep is reused, and an interrupted one continues without re
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from test_frontier_task import toy
 
 from dpo_teach import cli, plots
-from dpo_teach.frontier import sweep
+from dpo_teach.frontier import statistics, sweep
 from dpo_teach.frontier.methods import sweep_methods
 from dpo_teach.frontier.presets import preset
 from dpo_teach.frontier.results import COLUMNS, load_results, summary_table
@@ -36,6 +37,12 @@ def toy_sweep(config=None):
     return config
 
 
+def expected_rows(config) -> list[tuple[str, int]]:
+    """(run, step) of every row of a toy sweep: SFT, best-of-N, then each run at steps 2 and 3."""
+    best_of = [(f"best-of-n-n-{n}", 0) for n in config.best_of_n]
+    return [("sft", 0), *best_of] + [(method.run, step) for method in sweep_methods(config) for step in (2, 3)]
+
+
 def test_evaluation_steps():
     assert sweep.evaluation_steps(200, 50) == [50, 100, 150, 200]
     assert sweep.evaluation_steps(130, 50) == [50, 100, 130]
@@ -49,18 +56,20 @@ def test_the_sweep_writes_one_row_per_evaluated_checkpoint_and_is_reused(tmp_pat
     rows = sweep.run_frontier(config, tmp_path, progress_bar=False)
     saved = load_results(tmp_path / "results.csv")
     assert list(saved[0]) == list(COLUMNS)
-    assert [(row["run"], row["step"]) for row in saved] == [("sft", 0)] + [
-        (method.run, step) for method in sweep_methods(config) for step in (2, 3)
-    ]
+    assert [(row["run"], row["step"]) for row in saved] == expected_rows(config)
     assert [row["run"] for row in rows] == [row["run"] for row in saved]
-    sft = saved[0]
+    sft, best_of = saved[0], saved[1 : 1 + len(config.best_of_n)]
     assert sft["kl"] == 0.0 and sft["samples"] == config.num_eval_prompts  # pi_ref against itself: exactly 0
     assert all(row["kl"] > 0 and 0 <= row["reward"] <= 1 and row["reward_sem"] >= 0 for row in saved[1:])
-    assert all(row["samples"] == config.num_eval_prompts for row in saved)
+    assert [row["samples"] for row in best_of] == [n * config.num_eval_prompts for n in config.best_of_n]
+    assert [row["kl"] for row in best_of] == [pytest.approx(math.log(n) - (n - 1) / n) for n in config.best_of_n]
+    assert best_of[0]["reward"] <= best_of[-1]["reward"]  # the best of 4 includes the best of the first 2
+    trained = saved[1 + len(config.best_of_n) :]
+    assert all(row["samples"] == config.num_eval_prompts for row in trained)
     run = sweep_methods(config)[0].run
     assert (tmp_path / run / "samples" / "step-00000003.jsonl").exists()
     assert all(f"{method.run} " in summary_table(saved) for method in sweep_methods(config))
-    plots.frontier_figure(saved).savefig(tmp_path / "frontier.png")
+    plots.frontier_figure(saved, statistics.envelopes(saved)).savefig(tmp_path / "frontier.png")
 
     # a second sweep over the same directory trains and evaluates nothing
     for target in [

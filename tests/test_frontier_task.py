@@ -29,6 +29,13 @@ def toy(config):
         max_prompt_length=32, mixed_precision="no",
     )  # fmt: skip
     config.sft_eval_reviews, config.num_pair_prompts, config.num_eval_prompts = 16, 24, 8
+    config.classifier = dataclasses.replace(
+        config.classifier, max_steps=10, batch_size=16, eval_every=10, save_every=10, eval_batch_size=32,
+        max_length=64, mixed_precision="no",
+    )  # fmt: skip
+    config.classifier_shape = dataclasses.replace(config.classifier_shape, dim=16, n_layers=1, n_heads=2,
+                                                  hidden_dim=32, max_position_embeddings=64)  # fmt: skip
+    config.classifier_eval_reviews, config.best_of_n, config.pair_epochs = 20, (2, 4), None
     config.sampling = dataclasses.replace(config.sampling, max_new_tokens=10, batch_size=32)
     config.dpo = dataclasses.replace(config.dpo, max_steps=3, batch_size=2, eval_every=3, save_every=3,
                                      eval_batch_size=8, max_length=32, max_prompt_length=12, optimizer="adamw",

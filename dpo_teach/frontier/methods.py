@@ -45,23 +45,41 @@ class Method:
     overrides: tuple[tuple[str, object], ...] = ()
     """Other fields of the trainer's config to replace, as (name, value) pairs, e.g. ``(("loss", "ipo"),)``:
     a variant outside the sweep (notebook 6's exercises), in a run directory of its own."""
+    seed: int = 0
+    """The trainer's seed (``dpo-teach frontier --seeds K`` repeats every run with seeds 0..K-1)."""
 
     @property
     def run(self) -> str:
-        """Directory name of the run, e.g. ``dpo-beta-0.1`` (``dpo-beta-0.1-loss-ipo`` with an override)."""
+        """Directory name of the run, e.g. ``dpo-beta-0.1`` (``dpo-beta-0.1-loss-ipo`` with an override,
+        ``dpo-beta-0.1-seed-1`` with another seed)."""
         name = self.method if self.value is None else f"{self.method}-{self.parameter}-{self.value:g}"
-        return "-".join([name, *(f"{field}-{value:g}" if isinstance(value, float) else f"{field}-{value}"
-                                 for field, value in self.overrides)])  # fmt: skip
+        parts = [name, *(f"{field}-{value:g}" if isinstance(value, float) else f"{field}-{value}"
+                         for field, value in self.overrides)]  # fmt: skip
+        return "-".join(parts + ([f"seed-{self.seed}"] if self.seed else []))
 
 
-def sweep_methods(config: TaskConfig) -> list[Method]:
-    """The runs of the sweep for ``config``, in the order they are trained."""
-    runs = [Method("dpo", "beta", beta) for beta in config.dpo_betas]
-    runs += [Method("ppo-gt", "target_kl", target) for target in config.ppo_target_kls]
-    runs += [Method("ppo-rm", "target_kl", target) for target in config.ppo_target_kls]
-    runs.append(Method("preferred-ft"))
-    runs += [Method("unlikelihood", "alpha", alpha) for alpha in config.unlikelihood_alphas]
+def sweep_methods(config: TaskConfig, seeds: int = 1) -> list[Method]:
+    """The training runs of the sweep for ``config``, in the order they are trained, each with seeds 0..seeds-1."""
+    runs = []
+    for seed in range(seeds):
+        runs += [Method("dpo", "beta", beta, seed=seed) for beta in config.dpo_betas]
+        runs += [Method("ppo-gt", "target_kl", target, seed=seed) for target in config.ppo_target_kls]
+        runs += [Method("ppo-rm", "target_kl", target, seed=seed) for target in config.ppo_target_kls]
+        runs.append(Method("preferred-ft", seed=seed))
+        runs += [Method("unlikelihood", "alpha", alpha, seed=seed) for alpha in config.unlikelihood_alphas]
     return runs
+
+
+def initial_kl_coef(target_kl: float) -> float:
+    """PPO's starting KL coefficient for a target KL, for a reward standardized to variance 1.
+
+    The KL-regularized optimum pi* = pi_ref exp(r / beta) / Z (DPO paper Eq. 4) is at
+    KL(pi* || pi_ref) = E_pi*[r] / beta - log Z = Var_ref(r) / (2 beta^2) + O(beta^-3), expanding log Z in 1 / beta.
+    With Var(r) = 1, beta_0 = 1 / sqrt(2 target) is the coefficient whose optimum has the target KL, to that order:
+    the adaptive controller starts where it should end and only corrects."""
+    if target_kl <= 0:
+        raise ValueError(f"target_kl: must be > 0, got {target_kl}")
+    return (2.0 * target_kl) ** -0.5
 
 
 def _chosen_completions(path: Path) -> list[dict]:
@@ -113,15 +131,19 @@ def _unlikelihood(task: SentimentTask, method: Method) -> tuple[TrainConfig, Tra
 
 def _ppo(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
     def train(config: TrainConfig, callbacks: Sequence[Callback]) -> Path:
-        reward = task.reward if method.method == "ppo-gt" else task.learned_reward
+        reward = task.ppo_reward("ground truth" if method.method == "ppo-gt" else "reward model")
         return train_ppo(
             config, task.sft_model(), task.tokenizer, task.pair_prompts, reward, accelerator=task.accelerator,
             callbacks=callbacks,
         )  # fmt: skip
 
-    return dataclasses.replace(task.config.ppo, target_kl=method.value), train
+    return dataclasses.replace(
+        task.config.ppo, target_kl=method.value, init_kl_coef=initial_kl_coef(method.value)
+    ), train
 
 
+PAIR_METHODS = ("dpo", "preferred-ft", "unlikelihood")
+"""The methods that learn from the preference pairs (``TaskConfig.pair_epochs`` sets their length)."""
 TRAINERS = {"dpo": _dpo, "ppo-gt": _ppo, "ppo-rm": _ppo, "preferred-ft": _preferred_ft, "unlikelihood": _unlikelihood}
 """method -> (task, method) -> (its trainer config, a function training that config)."""
 
@@ -136,8 +158,11 @@ def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
     if method.method not in TRAINERS:
         raise ValueError(f"method: unknown {method.method!r}; expected one of {sorted(TRAINERS)}")
     config, train = TRAINERS[method.method](task, method)
+    if method.method in PAIR_METHODS and task.config.pair_epochs is not None:
+        pairs = task.config.pair_epochs * task.num_train_pairs
+        config = dataclasses.replace(config, max_steps=max(1, round(pairs / config.batch_size)))
     config = dataclasses.replace(
-        config, **dict(method.overrides), save_every=eval_every(task.config, method), keep_checkpoints=1,
-        progress_bar=task.progress_bar, resume=True,
+        config, **dict(method.overrides), seed=method.seed, save_every=eval_every(task.config, method),
+        keep_checkpoints=1, progress_bar=task.progress_bar, resume=True,
     )  # fmt: skip
     return config, train

@@ -11,8 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from dpo_teach.sampling import SamplingConfig
-from dpo_teach.sentiment.models import TinyGPT2
-from dpo_teach.train.config import DPOConfig, PPOConfig, RewardModelConfig, SFTConfig, UnlikelihoodConfig
+from dpo_teach.sentiment.models import TinyClassifier, TinyGPT2
+from dpo_teach.train.config import (
+    ClassifierConfig,
+    DPOConfig,
+    PPOConfig,
+    RewardModelConfig,
+    SFTConfig,
+    UnlikelihoodConfig,
+)
 
 
 @dataclass
@@ -35,12 +42,19 @@ class TaskConfig:
     """Tiny preset: vocabulary of the BPE tokenizer trained on the corpus."""
     shape: TinyGPT2 = field(default_factory=TinyGPT2)
     """Tiny preset: layers, width, heads and context of the GPT-2 trained from scratch."""
-    reward: str = "vader"
-    """Ground-truth reward: 'vader', or the Hub name or path of a sentiment classifier."""
+    reward: str = "classifier"
+    """Ground-truth reward: 'classifier' (a sentiment classifier trained here on the corpus's labels: synthetic
+    corpus only), 'vader', or the Hub name or path of a sentiment classifier."""
     reward_positive_label: str = "POSITIVE"
     """Classifier reward: the label whose probability (or logit) is the reward."""
     reward_output: str = "prob"
     """Classifier reward: 'prob' (the paper's p(positive)) or 'logit'."""
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    """``reward: classifier``: training of the ground-truth classifier on the train reviews (output_dir is set)."""
+    classifier_shape: TinyClassifier = field(default_factory=TinyClassifier)
+    """``reward: classifier``: its layers and width."""
+    classifier_eval_reviews: int = 1_000
+    """``reward: classifier``: test reviews (whole and as prefixes) on which its accuracy is reported."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning of the policy on the train reviews (whole texts); output_dir is set per run."""
     sft_eval_reviews: int = 500
@@ -61,9 +75,16 @@ class TaskConfig:
     """DPO on the pairs; output_dir is set per run."""
     dpo_betas: tuple[float, ...] = (0.05, 0.1, 1.0, 5.0)
     """Frontier: one DPO run per beta (the other DPO fields come from ``dpo``)."""
+    pair_epochs: float | None = None
+    """Frontier: train DPO, Preferred-FT and Unlikelihood for this many epochs of their pairs (max_steps from the
+    number of training pairs and the batch size); None keeps each config's max_steps."""
     ppo_target_kls: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0)  # paper Sec. 6.1
     """Frontier: one PPO run per target KL (nats per completion) with the ground-truth reward, and one with the
-    reward model; the adaptive KL controller steers each run toward its target."""
+    reward model; the adaptive KL controller steers each run toward its target from the coefficient
+    ``dpo_teach.frontier.methods.initial_kl_coef`` gives. Both rewards are standardized on SFT samples."""
+    best_of_n: tuple[int, ...] = (2, 4, 8, 16)
+    """Frontier: best-of-N from the SFT policy under the ground-truth reward, the yardstick of every method: N samples
+    per held-out prompt, the best one kept; its KL is at most log N - (N - 1) / N."""
     unlikelihood_alphas: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)  # the DPO paper's sweep (UnlikelihoodConfig.alpha)
     """Frontier: one Unlikelihood run per weight alpha of its unlikelihood term."""
     preferred_ft: SFTConfig = field(default_factory=SFTConfig)
@@ -83,7 +104,7 @@ class TaskConfig:
     def mixed_precision(self) -> str:
         """The precision of every trainer of the task: they share one accelerator, and accelerate allows one
         precision per process, so the trainers' ``mixed_precision`` fields must agree."""
-        trainers = ("sft", "dpo", "preferred_ft", "unlikelihood", "reward_model", "ppo")
+        trainers = ("classifier", "sft", "dpo", "preferred_ft", "unlikelihood", "reward_model", "ppo")
         values = {name: getattr(self, name).mixed_precision for name in trainers}
         if len(set(values.values())) > 1:
             raise ValueError(f"mixed_precision: the trainers of one task must share it, got {values}")
@@ -91,48 +112,49 @@ class TaskConfig:
 
 
 def _tiny() -> TaskConfig:
-    """Sized for a 2-core CPU: SFT in about 2-3 minutes, each DPO run in about 1, the whole frontier in about 20.
+    """Sized for a 2-core CPU: the whole frontier in about 20 minutes, each of its runs traced as a curve.
 
-    The paper's DPO settings (RMSprop at lr 1e-6 for a pretrained GPT-2) barely move a 4-layer model trained from
-    scratch in 200 steps; AdamW at 1e-4 moves it as far as the paper's runs go (KL up to ~20 nats at beta 0.05), and
-    every pair-based method uses it, so they differ only in their loss. At 3e-4 every beta from 0.05 to 5 ran far
-    past that range (KL 12-57 nats) and beta barely ordered the runs. Pairs come from 3,000 prompts (~13,000 pairs,
-    half an epoch in 200 steps): from 1,000 prompts (~4,000 pairs, 1.7 epochs) DPO reached less reward (0.73 vs
-    0.76 at beta 0.05, 2,000 evaluation prompts) at more KL (18 vs 10 nats), the mark of over-fitting the pairs.
-    (These comparisons come from calibration runs on the machine of docs/frontier/run.json, not committed.)
-    The paper's PPO target KLs (3-12 nats) cover that same range, so three of them are kept (9 is dropped for time).
-    PPO moves a small model fast: lr 5e-4, 2 epochs of 2 minibatches per rollout, 30 rollouts; the controller's
-    horizon is shortened to 128 sequences (Ziegler et al.: 10,000, for runs of ~10^6 episodes) so that it can steer
-    toward the target within 30 steps, from a small initial coefficient (0.05) because VADER's reward spans [0, 1]."""
+    - Ground truth: a 2-layer classifier trained here on the corpus's labels (whole reviews and prefixes), read as
+      p(positive) like the paper's siebert classifier.
+    - The paper's DPO settings (RMSprop at lr 1e-6 for a pretrained GPT-2) barely move a 4-layer model trained from
+      scratch; AdamW at 1e-4 moves it as far as the paper's runs go, and every pair-based method uses it, so they
+      differ only in their loss. Each trains one epoch of its pairs (1,500 prompts, 6 pairs each), evaluated every
+      40 steps. (The first frontier of this preset found 1.7 epochs of 4,000 pairs over-fitted; not committed.)
+    - PPO: targets of 0.05, 0.1 and 0.2 nats per token, the paper's range, times the 32-token completions; rewards
+      standardized on SFT samples; the controller may move its coefficient 20% per rollout (horizon = batch), from
+      the coefficient that holds the target for a standardized reward (``methods.initial_kl_coef``); 48 rollouts of
+      64, evaluated every 6. lr 5e-4, 2 epochs of 2 minibatches per rollout (a small model moves fast).
+    - Unlikelihood at alpha 0.1, 0.5 and 1: 0.05 gave the curve of 0.1 (the paper's sweep has both).
+    """
     sampling = SamplingConfig(max_new_tokens=32, batch_size=128)
+    classifier = ClassifierConfig(
+        max_steps=400, batch_size=64, eval_every=200, eval_batch_size=256, save_every=200, max_length=128,
+    )  # fmt: skip  # 0.6 epoch of the 40,000 texts (20,000 reviews whole and as prefixes)
     sft = SFTConfig(
         max_steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=50, completion_only=False, max_length=128,
         max_prompt_length=64, eval_every=200, eval_batch_size=64, save_every=200,
     )  # fmt: skip
-    dpo = DPOConfig(
-        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
-        max_prompt_length=16, eval_every=100, eval_batch_size=64, save_every=100,
-    )  # fmt: skip
-    preferred_ft = SFTConfig(
-        max_steps=200, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
-        eval_every=100, eval_batch_size=64,
-    )  # fmt: skip
-    unlikelihood = UnlikelihoodConfig(
-        max_steps=200, batch_size=32, optimizer="adamw", learning_rate=1e-4, warmup_steps=10, max_length=64,
-        max_prompt_length=16, eval_every=100, eval_batch_size=64,
-    )  # fmt: skip  # the DPO runs' settings, so the methods differ only in their loss
+    pair_settings = dict(
+        batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16, eval_every=40,
+        eval_batch_size=64,
+    )  # fmt: skip  # DPO, Preferred-FT and Unlikelihood alike: the methods differ only in their loss
+    dpo = DPOConfig(optimizer="adamw", **pair_settings)
+    preferred_ft = SFTConfig(**pair_settings)
+    unlikelihood = UnlikelihoodConfig(optimizer="adamw", **pair_settings)
     reward_model = RewardModelConfig(
-        max_steps=400, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
+        max_steps=250, batch_size=32, learning_rate=1e-4, warmup_steps=10, max_length=64, max_prompt_length=16,
         eval_every=50, eval_batch_size=64,
-    )  # fmt: skip  # one epoch of the ~12,000 training pairs (the paper's three would triple its time)
+    )  # fmt: skip  # one epoch of the ~8,000 training pairs (the paper's three would triple its time)
     ppo = PPOConfig(
-        max_steps=30, batch_size=64, max_new_tokens=sampling.max_new_tokens, learning_rate=5e-4,
-        ppo_epochs=2, num_minibatches=2, init_kl_coef=0.05, kl_horizon=128,
+        max_steps=48, batch_size=64, max_new_tokens=sampling.max_new_tokens, learning_rate=5e-4,
+        ppo_epochs=2, num_minibatches=2, kl_horizon=64, eval_every=0,
     )  # fmt: skip
+    tokens = sampling.max_new_tokens
     return TaskConfig(
-        preset="tiny", sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft, unlikelihood=unlikelihood,
-        reward_model=reward_model, ppo=ppo, ppo_target_kls=(3.0, 6.0, 12.0), frontier_eval_every=100,
-        ppo_eval_every=10, num_pair_prompts=3_000, num_eval_prompts=400,
+        preset="tiny", classifier=classifier, sft=sft, sampling=sampling, dpo=dpo, preferred_ft=preferred_ft,
+        unlikelihood=unlikelihood, reward_model=reward_model, ppo=ppo, pair_epochs=1.0,
+        ppo_target_kls=(0.05 * tokens, 0.1 * tokens, 0.2 * tokens), unlikelihood_alphas=(0.1, 0.5, 1.0),
+        frontier_eval_every=40, ppo_eval_every=6, num_pair_prompts=1_500, num_eval_prompts=400,
     )  # fmt: skip
 
 
@@ -177,13 +199,17 @@ def quick(config: TaskConfig) -> TaskConfig:
     (``dpo-teach frontier --quick``, run in CI). Same stages, methods and code; too small to read much into."""
     config.num_train_reviews, config.num_test_reviews, config.sft_eval_reviews = 4_000, 400, 100
     config.shape = TinyGPT2(n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    config.classifier = replace(config.classifier, max_steps=200, eval_every=100, save_every=100)  # 81% held out
+    config.classifier_eval_reviews = 200
     config.sft = replace(config.sft, max_steps=150, eval_every=75, save_every=75)
     config.num_pair_prompts, config.num_eval_prompts = 300, 64
+    shrink = config.sampling.max_new_tokens / 24  # completions of 24 tokens: the KL targets per token are kept
     config.sampling = replace(config.sampling, max_new_tokens=24)
-    config.dpo = replace(config.dpo, max_steps=40, warmup_steps=5)
-    config.preferred_ft = replace(config.preferred_ft, max_steps=40, warmup_steps=5)
-    config.unlikelihood = replace(config.unlikelihood, max_steps=40, warmup_steps=5)
+    config.ppo_target_kls = tuple(round(target / shrink, 6) for target in config.ppo_target_kls)
+    config.dpo = replace(config.dpo, warmup_steps=5)  # one epoch of the ~1,600 training pairs (pair_epochs)
+    config.preferred_ft = replace(config.preferred_ft, warmup_steps=5)
+    config.unlikelihood = replace(config.unlikelihood, warmup_steps=5)
     config.reward_model = replace(config.reward_model, max_steps=30, warmup_steps=5, eval_every=10)
-    config.ppo = replace(config.ppo, max_steps=6, max_new_tokens=config.sampling.max_new_tokens)
-    config.frontier_eval_every, config.ppo_eval_every = 20, 3
+    config.ppo = replace(config.ppo, max_steps=12, max_new_tokens=config.sampling.max_new_tokens)
+    config.frontier_eval_every, config.ppo_eval_every = 10, 2
     return config

@@ -15,13 +15,14 @@ from pathlib import Path
 from dpo_teach import io
 
 COLUMNS = (
-    "method", "parameter", "value", "run", "step", "reward", "reward_sem", "kl", "kl_sem",
+    "method", "parameter", "value", "seed", "run", "step", "reward", "reward_sem", "kl", "kl_sem",
     "kl_log_ratio", "kl_log_ratio_sem", "samples",
 )  # fmt: skip
 """Columns of ``results.csv``. ``reward`` is the mean ground-truth reward of the samples, ``kl`` the mean sequence
 KL(pi || pi_ref) (token-level estimator, the x-axis), ``kl_log_ratio`` the k1 estimate of the same KL; ``*_sem`` are
 standard errors over prompts; ``samples`` counts the completions scored; ``step`` is the trainer's optimizer step
-(PPO: its rollout iteration)."""
+(PPO: its rollout iteration); ``seed`` the trainer's. Best-of-N rows (method ``best-of-n``, value N) give as ``kl``
+the bound log N - (N - 1) / N, with ``kl_sem`` 0 and no ``kl_log_ratio``: an upper bound, not an estimate."""
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -27,15 +27,17 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from dpo_teach import io
 from dpo_teach.frontier import processes
 from dpo_teach.frontier.methods import Method, eval_every, sweep_methods, trainer
 from dpo_teach.frontier.presets import TaskConfig
 from dpo_teach.frontier.results import append_row, read_rows, write_results
 from dpo_teach.frontier.stage import Stage
 from dpo_teach.frontier.task import SentimentTask
-from dpo_teach.sentiment.evaluate import Evaluation
+from dpo_teach.sentiment.evaluate import Evaluation, best_of_n
 
 EVALUATIONS = "evaluations.jsonl"
+BEST_OF_N = "best-of-n"
 
 
 def evaluation_steps(max_steps: int, eval_every: int) -> list[int]:
@@ -47,9 +49,9 @@ def evaluation_steps(max_steps: int, eval_every: int) -> list[int]:
 
 def _row(method: Method, step: int, evaluation: Evaluation) -> dict:
     return {
-        "method": method.method, "parameter": method.parameter, "value": method.value, "run": method.run,
-        "step": step, "reward": evaluation.mean_reward, "reward_sem": evaluation.reward_sem, "kl": evaluation.kl,
-        "kl_sem": evaluation.kl_sem, "kl_log_ratio": evaluation.kl_log_ratio,
+        "method": method.method, "parameter": method.parameter, "value": method.value, "seed": method.seed,
+        "run": method.run, "step": step, "reward": evaluation.mean_reward, "reward_sem": evaluation.reward_sem,
+        "kl": evaluation.kl, "kl_sem": evaluation.kl_sem, "kl_log_ratio": evaluation.kl_log_ratio,
         "kl_log_ratio_sem": evaluation.kl_log_ratio_sem, "samples": evaluation.num_samples,
     }  # fmt: skip
 
@@ -99,6 +101,38 @@ def evaluate_reference(task: SentimentTask) -> list[dict]:
     return read_rows(stage.directory / EVALUATIONS)
 
 
+def evaluate_best_of_n(task: SentimentTask) -> list[dict]:
+    """Best-of-N from the SFT policy on the held-out prompts for every N of ``best_of_n``: the yardstick rows."""
+    config = task.config
+    if not config.best_of_n:
+        return []
+    sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1)  # other draws than the SFT row's
+    inputs = {"sft": task.sft_id(), "evaluation": task.evaluation_inputs(), "ns": list(config.best_of_n)}
+    stage = Stage(task.run_dir / BEST_OF_N, {**inputs, "sampling": dataclasses.asdict(sampling)})
+    if not stage.done:
+        stage.start()
+        results = best_of_n(
+            task.reference, task.tokenizer, task.eval_prompts, task.reward, sampling, config.best_of_n,
+            task.sampling_progress_bar,
+        )  # fmt: skip
+        if processes.is_main_process():
+            rows = []
+            for result in results:
+                method = Method(BEST_OF_N, "n", result.n)
+                rows.append({
+                    "method": method.method, "parameter": method.parameter, "value": result.n, "seed": 0,
+                    "run": method.run, "step": 0, "reward": result.mean_reward, "reward_sem": result.reward_sem,
+                    "kl": result.kl_bound, "kl_sem": 0.0, "kl_log_ratio": None, "kl_log_ratio_sem": None,
+                    "samples": len(result.samples) * result.n,
+                })  # fmt: skip
+                samples = stage.directory / "samples" / f"n-{result.n:08d}.jsonl"
+                io.write_text_atomically(samples, "".join(json.dumps(row) + "\n" for row in result.samples))
+                print(f"  best-of-{result.n}: reward {result.mean_reward:.3f}, KL <= {result.kl_bound:.2f}", flush=True)
+            io.write_text_atomically(stage.directory / EVALUATIONS, "".join(json.dumps(r) + "\n" for r in rows))
+        stage.finish()
+    return read_rows(stage.directory / EVALUATIONS)
+
+
 def train_method(task: SentimentTask, method: Method) -> tuple[Path, list[dict]]:
     """Train ``method`` (or reuse its finished stage), evaluating it at each of its evaluation steps; returns its final
     policy's directory and its rows."""
@@ -118,22 +152,27 @@ def train_method(task: SentimentTask, method: Method) -> tuple[Path, list[dict]]
 
 
 def run_frontier(
-    config: TaskConfig, out: str | Path, progress_bar: bool = True, accelerator: Accelerator | None = None
+    config: TaskConfig,
+    out: str | Path,
+    progress_bar: bool = True,
+    accelerator: Accelerator | None = None,
+    seeds: int = 1,
 ) -> list[dict]:
     """Run the whole sweep of ``config`` in ``out`` (reusing what is there); returns the rows of results.csv.
 
-    ``accelerator`` (the caller's, passed to every trainer) defaults to one made by the task. Under
-    ``accelerate launch`` every process calls this and gets the same rows; the main process writes the file.
+    ``accelerator`` (the caller's, passed to every trainer) defaults to one made by the task; ``seeds`` repeats every
+    training run with seeds 0..seeds-1. Under ``accelerate launch`` every process calls this and gets the same
+    rows; the main process writes the file.
     """
     out = Path(out)
     task = SentimentTask(config, out, progress_bar, accelerator)
-    methods = sweep_methods(config)
+    methods = sweep_methods(config, seeds)
     started = time.perf_counter()
     processes.print_main(
         f"frontier: preset {config.preset}, {len(methods)} runs, evaluated every {config.frontier_eval_every} steps "
         f"(PPO: every {config.ppo_eval_every} rollouts), {processes.state().num_processes} process(es)"
     )
-    rows = evaluate_reference(task)
+    rows = evaluate_reference(task) + evaluate_best_of_n(task)
     for index, method in enumerate(methods, start=1):
         processes.print_main(f"[{index}/{len(methods)}] {method.run} ({time.perf_counter() - started:.0f} s so far)")
         rows += train_method(task, method)[1]

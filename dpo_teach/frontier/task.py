@@ -29,10 +29,12 @@ from dpo_teach.frontier.stage import Stage
 from dpo_teach.sampling import sample
 from dpo_teach.sentiment.corpus import Review, imdb_corpus, synthetic_corpus
 from dpo_teach.sentiment.evaluate import Evaluation, evaluate
-from dpo_teach.sentiment.models import tiny_gpt2, train_tokenizer
+from dpo_teach.sentiment.labels import labelled_texts
+from dpo_teach.sentiment.models import tiny_classifier, tiny_gpt2, train_tokenizer
 from dpo_teach.sentiment.pairs import build_pairs, save_pairs
 from dpo_teach.sentiment.prompts import make_prompts
-from dpo_teach.sentiment.rewards import make_reward
+from dpo_teach.sentiment.rewards import StandardizedReward, label_agreement, make_reward
+from dpo_teach.train.classifier import train_classifier
 from dpo_teach.train.models import load_causal_lm, load_tokenizer
 from dpo_teach.train.reward_model import train_reward_model
 from dpo_teach.train.run import make_accelerator
@@ -41,6 +43,12 @@ from dpo_teach.train.sft import train_sft
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
+
+
+def _mean_and_std(rewards: torch.Tensor) -> dict[str, float]:
+    """``reward_mean`` and ``reward_std`` (ddof 1) of ``(N,)`` rewards."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
 
 
 def _fields(config, *excluded: str) -> dict:
@@ -102,11 +110,63 @@ class SentimentTask:
 
     @cached_property
     def reward(self):
-        """The ground-truth reward: ``reward(texts) -> (N,)``, scored on prompt + completion."""
+        """The ground-truth reward: ``reward(texts) -> (N,)``, scored on prompt + completion: VADER, the classifier
+        trained here (``"classifier"``, :meth:`ground_truth_classifier`) or a classifier by name or path."""
         config = self.config
         if config.reward == "vader":
             return make_reward("vader")
-        return make_reward(config.reward, positive_label=config.reward_positive_label, output=config.reward_output)
+        name = str(self.ground_truth_classifier()) if config.reward == "classifier" else config.reward
+        return make_reward(
+            name, positive_label=config.reward_positive_label, output=config.reward_output,
+            device=self.accelerator.device,
+        )  # fmt: skip
+
+    def reward_inputs(self) -> list:
+        """What the ground-truth reward depends on: its settings, and the trained classifier's output id."""
+        config = self.config
+        trained = [Stage.output_id(self.ground_truth_classifier().parent)] if config.reward == "classifier" else []
+        return [config.reward, config.reward_positive_label, config.reward_output, *trained]
+
+    def ground_truth_classifier(self) -> Path:
+        """Directory of the ground truth of ``reward: classifier``: a sentiment classifier trained here on the train
+        reviews' labels (whole reviews and prefixes, ``dpo_teach.sentiment.labels``), the tiny preset's analogue of
+        siebert/sentiment-roberta-large-english, saved as a Hugging Face model and read the same way, p(POSITIVE).
+        ``summary.json`` beside it gives its held-out accuracy on test reviews, whole and as prefixes, and VADER's
+        on the same texts."""
+        config = self.config
+        inputs = {**self._corpus_inputs(), "vocab_size": config.vocab_size, "model": config.model}
+        inputs |= {"shape": dataclasses.asdict(config.classifier_shape), "eval_reviews": config.classifier_eval_reviews}
+        inputs["classifier"] = _fields(config.classifier, "output_dir", "progress_bar")
+        stage = Stage(self.run_dir / "reward-classifier", inputs)
+        if not stage.done:
+            stage.start()
+            train = labelled_texts(self.corpus["train"], self.tokenizer, seed=config.corpus_seed)
+            test_reviews = self.corpus["test"][: config.classifier_eval_reviews]
+            held_out = labelled_texts(test_reviews, self.tokenizer, seed=config.corpus_seed + 1)
+            model = tiny_classifier(self.tokenizer, config.classifier_shape, seed=config.classifier.seed)
+            classifier = dataclasses.replace(
+                config.classifier, output_dir=str(stage.directory), progress_bar=self.progress_bar
+            )
+            final = train_classifier(classifier, model, self.tokenizer, train, held_out, self.accelerator)
+            if processes.is_main_process():
+                summary = {"kind": "classifier trained here", **self._agreements(final, held_out)}
+                io.write_text_atomically(stage.directory / "summary.json", json.dumps(summary, indent=2))
+            stage.finish()
+        return stage.directory / "final"
+
+    def _agreements(self, classifier_dir: Path, held_out: list[dict]) -> dict:
+        """Held-out accuracy of the trained classifier and of VADER against the reviews' labels, on whole reviews
+        (even rows of ``held_out``) and on their prefixes (odd rows); a score of exactly 0.5 counts one half."""
+        readers = {
+            "classifier": make_reward(str(classifier_dir), positive_label="POSITIVE", device=self.accelerator.device),
+            "vader": make_reward("vader"),
+        }
+        report = {"eval_texts": len(held_out) // 2}
+        for part, rows in (("whole_reviews", held_out[0::2]), ("prefixes", held_out[1::2])):
+            texts, labels = [row["text"] for row in rows], torch.tensor([row["label"] for row in rows])
+            for name, reader in readers.items():
+                report[f"{name}_accuracy_{part}"] = label_agreement(reader(texts), labels)
+        return report
 
     def sft_policy(self) -> Path:
         """Directory of the SFT policy (pi_ref of every method): trained on the train reviews as whole texts."""
@@ -153,7 +213,7 @@ class SentimentTask:
         config = self.config
         return {
             "prompts": self.eval_prompts, "sampling": dataclasses.asdict(config.sampling),
-            "reward": [config.reward, config.reward_positive_label, config.reward_output],
+            "reward": self.reward_inputs(),
         }  # fmt: skip
 
     @cached_property
@@ -179,7 +239,7 @@ class SentimentTask:
         inputs = {"sft": Stage.output_id(sft_dir.parent), "prompts": self.pair_prompts}
         inputs |= {"samples_per_prompt": config.samples_per_prompt, "sampling": dataclasses.asdict(config.sampling)}
         inputs["held_out_fraction"] = HELD_OUT_PAIR_FRACTION
-        inputs["reward"] = [config.reward, config.reward_positive_label, config.reward_output]
+        inputs["reward"] = self.reward_inputs()
         stage = Stage(self.run_dir / "pairs", inputs)
         train_path, eval_path = stage.directory / "train.jsonl", stage.directory / "eval.jsonl"
         if not stage.done:
@@ -194,10 +254,29 @@ class SentimentTask:
             if processes.is_main_process():
                 save_pairs([pair for pair in pairs if pair["prompt"] not in held_out_prompts], train_path)
                 save_pairs([pair for pair in pairs if pair["prompt"] in held_out_prompts], eval_path)
+                rows = [
+                    {"prompt": prompt, "completion": completion, "ended": ended, "reward": reward}
+                    for prompt, completion, ended, reward in zip(
+                        samples.prompts, samples.completions, samples.ended, rewards.tolist(), strict=True
+                    )
+                ]
+                io.write_text_atomically(stage.directory / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
                 summary = {"samples": len(samples.texts), "pairs": len(pairs), "ties_dropped": ties}
+                summary |= {"ended": sum(samples.ended), **_mean_and_std(rewards)}
                 io.write_text_atomically(stage.directory / "summary.json", json.dumps(summary, indent=2))
             stage.finish()
         return train_path, eval_path
+
+    @cached_property
+    def num_train_pairs(self) -> int:
+        """How many training pairs the pairs stage wrote (one per line of ``train.jsonl``)."""
+        return sum(1 for line in self.preference_pairs()[0].read_text().splitlines() if line.strip())
+
+    def sft_samples(self) -> list[dict]:
+        """The SFT policy's samples behind the pairs: ``prompt``, ``completion``, ``ended`` and ground-truth
+        ``reward`` of each of the K per prompt."""
+        path = self.preference_pairs()[0].parent / "samples.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def reward_model(self) -> Path:
         """Directory of the Bradley-Terry reward model trained on the pairs from the SFT policy (PPO-RM's reward)."""
@@ -211,14 +290,29 @@ class SentimentTask:
                 self.config.reward_model, model=str(self.sft_policy()), output_dir=str(stage.directory),
                 progress_bar=self.progress_bar,
             )  # fmt: skip  # the trainer loads the SFT policy with a new score head, seeded by config.seed
-            train_reward_model(config, None, self.tokenizer, str(train_path), str(eval_path), self.accelerator)
+            final = train_reward_model(config, None, self.tokenizer, str(train_path), str(eval_path), self.accelerator)
+            scores = self._reward_model_reader(final)([row["prompt"] + row["completion"] for row in self.sft_samples()])
+            if processes.is_main_process():  # its scores of the SFT samples, to standardize them for PPO
+                io.write_text_atomically(stage.directory / "sft-scores.json", json.dumps(_mean_and_std(scores)))
             stage.finish()
         return stage.directory / "final"
 
-    @cached_property
-    def learned_reward(self):
-        """The reward model as a reward function: ``reward(texts) -> (N,)``, its logit on prompt + completion."""
-        return make_reward(str(self.reward_model()), positive_label=0, output="logit")
+    def _reward_model_reader(self, directory: Path):
+        return make_reward(str(directory), positive_label=0, output="logit", device=self.accelerator.device)
+
+    def ppo_reward(self, which: str) -> StandardizedReward:
+        """PPO's reward: the ground truth (``"ground truth"``, PPO-GT) or the reward model's logit (``"reward
+        model"``, PPO-RM), standardized to mean 0 and standard deviation 1 on the SFT policy's samples behind the
+        pairs, so that a KL coefficient means the same for both (the paper's PPO normalizes its rewards)."""
+        if which == "ground truth":
+            statistics = json.loads((self.preference_pairs()[0].parent / "summary.json").read_text())
+            return StandardizedReward(self.reward, statistics["reward_mean"], statistics["reward_std"])
+        if which == "reward model":
+            directory = self.reward_model()
+            statistics = json.loads((directory.parent / "sft-scores.json").read_text())
+            return StandardizedReward(self._reward_model_reader(directory), statistics["reward_mean"],
+                                      statistics["reward_std"])  # fmt: skip
+        raise ValueError(f"which: {which!r}; expected 'ground truth' or 'reward model'")
 
     @cached_property
     def reference(self) -> torch.nn.Module:

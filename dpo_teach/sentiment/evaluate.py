@@ -209,3 +209,54 @@ def evaluate(
         num_samples=len(texts),
         samples=table,
     )
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """KL(best-of-n || pi) <= log n - (n - 1) / n, for the policy that keeps the highest-reward of n samples of pi
+    (Stiennon et al. 2020, App. G; Beirami et al. 2024 prove it an upper bound, tight when the rewards of the n
+    samples are almost surely distinct)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+@dataclass
+class BestOfN:
+    """Best-of-n from a policy on held-out prompts: its mean reward (standard error over prompts) and KL bound."""
+
+    n: int
+    mean_reward: float
+    reward_sem: float
+    kl_bound: float
+    """log n - (n - 1) / n: the KL is at most this (:func:`best_of_n_kl_bound`)."""
+    samples: list[dict]
+    """One row per prompt: ``prompt``, the kept ``completion`` and its ``reward``."""
+
+
+def best_of_n(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    reward: Callable[[list[str]], torch.Tensor],
+    config: SamplingConfig,
+    ns: Sequence[int],
+    progress_bar: bool = True,
+) -> list[BestOfN]:
+    """Best-of-n for every n of ``ns``: max(ns) samples per prompt from ``policy``, scored once by ``reward``; best-of-n
+    keeps the best of each prompt's first n (so the n share their samples, and the curve over n is monotone in
+    expectation). Pure ancestral sampling is not required: the KL is bounded, not estimated."""
+    if not ns or min(ns) < 1:
+        raise ValueError(f"ns: give positive sample counts, got {list(ns)}")
+    largest = max(ns)
+    samples = sample(policy, tokenizer, prompts, config, largest, progress_bar=progress_bar)
+    rewards = torch.as_tensor(reward(samples.texts)).detach().to("cpu", torch.float64).reshape(len(prompts), largest)
+    results = []
+    for n in sorted(ns):
+        best, index = rewards[:, :n].max(dim=1)  # (P,) each: the best of each prompt's first n samples
+        table = [
+            {"prompt": prompt, "completion": samples.completions[row * largest + column], "reward": value}
+            for row, (prompt, column, value) in enumerate(zip(prompts, index.tolist(), best.tolist(), strict=True))
+        ]
+        mean, sem = _mean_and_sem(best, 1)
+        results.append(BestOfN(n, mean, sem, best_of_n_kl_bound(n), table))
+    return results

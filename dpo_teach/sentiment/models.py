@@ -1,7 +1,9 @@
-"""The tiny preset's tokenizer and model: a byte-level BPE trained on the corpus and a small GPT-2.
+"""The tiny preset's tokenizer and models: a byte-level BPE trained on the corpus, a small GPT-2 (the policy)
+and a small sentiment classifier (the ground-truth reward).
 
-The Hub presets load ``gpt2`` / ``gpt2-large`` with ``dpo_teach.train.models`` instead; everything
-after this point (SFT, sampling, DPO, evaluation) is the same code for every preset.
+The Hub presets load ``gpt2`` / ``gpt2-large`` with ``dpo_teach.train.models`` and the paper's classifier by name
+instead; everything after this point (SFT, sampling, DPO, the classifier reward, evaluation) is the same code for
+every preset.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's single special token: beginning, end and padding
 
@@ -49,8 +57,8 @@ class TinyGPT2:
 
 
 def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, shape: TinyGPT2, seed: int = 0) -> GPT2LMHeadModel:
-    """A randomly initialized ``GPT2LMHeadModel`` of ``shape`` over ``tokenizer``'s vocabulary (seeded)."""
-    torch.manual_seed(seed)
+    """A randomly initialized ``GPT2LMHeadModel`` of ``shape`` over ``tokenizer``'s vocabulary, drawn from a
+    generator seeded with ``seed`` (the caller's random stream is left alone)."""
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=shape.n_positions,
@@ -61,4 +69,46 @@ def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, shape: TinyGPT2, seed: int = 0
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+
+@dataclass
+class TinyClassifier:
+    """Shape of the tiny preset's sentiment classifier: a DistilBERT encoder small enough to train in a minute."""
+
+    dim: int = 64
+    """Width of the hidden states."""
+    n_layers: int = 2
+    """Transformer blocks."""
+    n_heads: int = 4
+    """Attention heads per block."""
+    hidden_dim: int = 128
+    """Width of each block's feed-forward layer."""
+    max_position_embeddings: int = 256
+    """Longest text in tokens; the reward reads a text's first this many tokens."""
+
+
+SENTIMENT_LABELS = {0: "NEGATIVE", 1: "POSITIVE"}  # the label names of siebert/sentiment-roberta-large-english
+
+
+def tiny_classifier(tokenizer: PreTrainedTokenizerFast, shape: TinyClassifier, seed: int = 0):
+    """A randomly initialized two-class ``DistilBertForSequenceClassification`` over ``tokenizer``'s vocabulary,
+    labelled NEGATIVE / POSITIVE as the paper's classifier, drawn from a generator seeded with ``seed`` (the
+    caller's random stream is left alone). Bidirectional, so its first position (which it classifies) sees the
+    whole text, as siebert's RoBERTa does."""
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer),
+        dim=shape.dim,
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        hidden_dim=shape.hidden_dim,
+        max_position_embeddings=shape.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=SENTIMENT_LABELS,
+        label2id={label: index for index, label in SENTIMENT_LABELS.items()},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DistilBertForSequenceClassification(config)

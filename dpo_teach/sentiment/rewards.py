@@ -4,10 +4,12 @@ A reward is a callable ``reward(texts: list[str]) -> torch.Tensor`` of shape ``(
 the CPU. As in the paper (Sec. 6.1), the reward scores the whole review the policy produced:
 callers pass full texts, ``prompt + completion``, never the completion alone.
 
-- :class:`VaderReward`, the ``tiny`` preset's ground truth: p(positive) = (VADER compound + 1) / 2.
 - :class:`ClassifierReward`, any Hugging Face sequence classifier: the paper's
-  ``siebert/sentiment-roberta-large-english`` (``output="prob"``) or TRL's
+  ``siebert/sentiment-roberta-large-english`` (``output="prob"``), the ``tiny`` preset's classifier trained
+  here on the synthetic corpus (``dpo_teach.frontier.task.SentimentTask.ground_truth_classifier``), or TRL's
   ``lvwerra/distilbert-imdb`` (``output="logit"``).
+- :class:`VaderReward`, a lexicon: p(positive) = (VADER compound + 1) / 2. An option, and notebook 6's lesson in
+  what a policy optimized against a proxy finds.
 - :func:`make_reward` builds one from a config string.
 """
 
@@ -21,9 +23,10 @@ OUTPUTS = ("prob", "logit")
 class VaderReward:
     """VADER sentiment (Hutto & Gilbert 2014) as a probability of "positive": ``(compound + 1) / 2`` in [0, 1].
 
-    Why it is the tiny preset's ground truth: it runs offline and instantly on a CPU (its lexicon
-    ships inside the ``vaderSentiment`` wheel), it is deterministic, and its scores are readable
-    (every word's valence can be looked up in ``SentimentIntensityAnalyzer().lexicon``).
+    It runs offline and instantly on a CPU (its lexicon ships inside the ``vaderSentiment`` wheel), it is
+    deterministic, and its scores are readable (every word's valence can be looked up in
+    ``SentimentIntensityAnalyzer().lexicon``). It was the tiny preset's ground truth until a classifier trained
+    on the corpus replaced it: on this corpus it reads a third of short prefixes as exactly neutral.
 
     Its limits, which a policy optimized against it may exploit: it is a lexicon with rules, so it
     ignores words it does not list ("mediocre", "atrocious", "masterful" score 0), reads plot words as
@@ -69,11 +72,13 @@ class ClassifierReward:
             raise ValueError(f"output={output!r}; expected one of {OUTPUTS}")
         if batch_size < 1 or max_length < 1:
             raise ValueError(f"batch_size={batch_size} and max_length={max_length} must be >= 1")
-        self.output, self.batch_size, self.max_length = output, batch_size, max_length
+        self.output, self.batch_size = output, batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(self.device).eval()
         self.positive_index = _label_index(self.model.config, positive_label, name_or_path)
+        # no more tokens than the model has positions (RoBERTa's 514 include 2 offsets; 512 is below them)
+        self.max_length = min(max_length, getattr(self.model.config, "max_position_embeddings", max_length))
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
@@ -93,6 +98,21 @@ class ClassifierReward:
             else:
                 scores.append(logits[:, self.positive_index])  # (B,)
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
+
+
+class StandardizedReward:
+    """``(reward(texts) - mean) / std``: a reward with mean 0 and standard deviation 1 on the texts its statistics
+    came from (PPO's rewards, standardized on the SFT policy's samples, so one KL coefficient means the same
+    whatever the reward's scale)."""
+
+    def __init__(self, reward, mean: float, std: float) -> None:
+        if not std > 0:
+            raise ValueError(f"std: must be > 0 to standardize by it, got {std}")
+        self.reward, self.mean, self.std = reward, mean, std
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """``(N,)`` float32 standardized scores."""
+        return ((self.reward(texts).double() - self.mean) / self.std).float()
 
 
 def _label_index(config, positive_label: str | int, name_or_path: str) -> int:
@@ -122,3 +142,15 @@ def make_reward(spec: str, **classifier_options) -> VaderReward | ClassifierRewa
             raise ValueError(f"the vader reward takes no options; got {sorted(classifier_options)}")
         return VaderReward()
     return ClassifierReward(spec, **classifier_options)
+
+
+def label_agreement(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of texts whose score falls on their label's side of 1/2 (p(positive) > 1/2 for label 1,
+    < 1/2 for label 0); a score of exactly 1/2 (VADER on a text it finds no sentiment in) counts one half.
+    ``scores`` and ``labels`` ``(N,)``."""
+    if scores.shape != labels.shape or scores.dim() != 1 or not len(scores):
+        raise ValueError(
+            f"scores and labels must be (N,) of one shape, got {tuple(scores.shape)}, {tuple(labels.shape)}"
+        )
+    agree = torch.where(labels.bool(), scores > 0.5, scores < 0.5).double() + 0.5 * (scores == 0.5).double()
+    return agree.mean().item()

@@ -326,3 +326,26 @@ class UnlikelihoodConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.alpha >= 0, "alpha", f"must be >= 0, got {self.alpha}")
+
+
+@dataclass
+class ClassifierConfig(TrainConfig):
+    """A sequence classifier on labelled texts (``{"text", "label"}``): the tiny preset's ground-truth sentiment
+    reward, trained on the synthetic corpus's latent ratings as siebert/sentiment-roberta-large-english was trained
+    on people's reviews. The settings are common choices for a small classifier trained from scratch, not a
+    paper's: AdamW, a linear decay, a short warmup."""
+
+    max_length: int = 128
+    """Tokens kept of each text (its start)."""
+    max_prompt_length: int = 1
+    """Unused: a text has no prompt (1 keeps it below any max_length, as every config's must be)."""
+    learning_rate: float = 2e-3
+    """Peak learning rate."""
+    optimizer: str = "adamw"
+    """'adamw' or 'rmsprop'."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    lr_schedule: str = "linear"
+    """'linear' decay to 0 at max_steps, or 'constant'."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm; 0 turns clipping off."""

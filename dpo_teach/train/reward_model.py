@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -55,11 +56,30 @@ METRIC_NAMES = ("loss", "accuracy", "rewards/chosen", "rewards/rejected", "rewar
 def load_reward_model(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     """``AutoModelForSequenceClassification`` with one output from a causal LM (or a reward model) checkpoint.
 
-    A causal LM's body is loaded and a new score head is initialized from the current torch seed.
+    A causal LM's body is loaded and a new score head is initialized from the current torch seed. transformers
+    reports that head as missing from the checkpoint ("LOAD REPORT ... score.weight MISSING"): expected, since a
+    language model has no score head, so that report alone is not printed; any other missing weight still is.
     """
     if not name_or_path:
         raise ValueError("model: give a path or Hub name of the policy to start from (or pass a model object)")
-    return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=DTYPES[dtype])
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(_is_not_the_new_head_report)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, dtype=DTYPES[dtype])
+    finally:
+        logger.removeFilter(_is_not_the_new_head_report)
+
+
+def _is_not_the_new_head_report(record: logging.LogRecord) -> bool:
+    """False for a load report whose only finding is the new score head (``score.*`` keys, MISSING)."""
+    message = record.getMessage()
+    if "LOAD REPORT" not in message:
+        return True
+    findings = [
+        line for line in message.splitlines() if "MISSING" in line or "UNEXPECTED" in line or "MISMATCH" in line
+    ]
+    keys = [line for line in findings if "|" in line]
+    return not keys or not all(line.strip().startswith("score.") and "MISSING" in line for line in keys)
 
 
 def _without_final_eos(token_ids: list[int], eos_token_id: int) -> list[int]:
