@@ -282,6 +282,14 @@ def load_and_tokenize(
     if source is None or (isinstance(source, str) and not source):
         return []
     examples, _ = load_examples(source, kind, skip_invalid=skip_invalid, max_length=max_length, tokenizer=tokenizer)
+    spaced = sum(1 for example in examples if example.get("prompt", "")[-1:].isspace())
+    if spaced:
+        warnings.warn(
+            f"{spaced} of {len(examples)} prompts end with whitespace; prompt and completion are tokenized apart, so "
+            "that space becomes a token of its own where the model saw it merged into the completion's first word. "
+            "Move trailing spaces to the completions",
+            stacklevel=2,
+        )
     tokenize = tokenize_preference if kind == "preference" else tokenize_sft
     return tokenize_all(
         examples,

@@ -213,7 +213,8 @@ def nll_loss(policy_chosen_logps: torch.Tensor, chosen_token_counts: torch.Tenso
         loss = -log pi_theta(y_w | x) / |y_w|
 
     ``policy_chosen_logps`` ``(B,)`` are summed completion log-probs; with
-    ``chosen_token_counts`` ``(B,)`` the loss is per token, as in RPO and TRL's ``rpo_alpha``.
+    ``chosen_token_counts`` ``(B,)`` the loss is per token of each pair, as in RPO. (TRL 1.16 has no
+    ``rpo_alpha``; its ``sft`` loss averages over all chosen tokens of a micro-batch instead.)
     Returns losses ``(B,)``.
     """
     if not isinstance(policy_chosen_logps, torch.Tensor) or policy_chosen_logps.dim() != 1:

@@ -13,6 +13,7 @@ from dpo_teach.data import (
     DataError,
     collate_preference,
     collate_sft,
+    load_and_tokenize,
     load_examples,
     tokenize_all,
     tokenize_preference,
@@ -242,6 +243,12 @@ def test_eos_is_appended_only_where_the_completion_ended(tiny_tokenizer):
     assert eos not in chosen_labels and rejected_labels.count(eos) == 1
     sft = tokenize_sft({"prompt": "The movie", "completion": " was", "completion_ended": False}, tiny_tokenizer, 64, 32)
     assert sft["input_ids"][-1] != eos and eos not in sft["labels"]
+
+
+def test_prompts_ending_with_whitespace_are_counted_in_a_warning(tiny_tokenizer):
+    examples = [GOOD, {**GOOD, "prompt": "The movie "}, {**GOOD, "prompt": "This film\n"}]
+    with pytest.warns(UserWarning, match="2 of 3 prompts end with whitespace"):
+        load_and_tokenize(examples, "preference", tiny_tokenizer, 64, 32, progress_bar=False)
 
 
 def test_an_ending_flag_that_is_not_a_bool_is_named(tiny_tokenizer):

@@ -69,7 +69,8 @@ def _evaluate_into(
         samples.write_text("".join(json.dumps(sample) + "\n" for sample in evaluation.samples))
         row = _row(method, step, evaluation)
         append_row(evaluations, row)
-        print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
+        if task.progress_bar:  # with the bars off (a notebook), one line per run is enough
+            print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
     processes.wait_for_everyone()
     return read_rows(evaluations)[-1]
 
@@ -127,7 +128,8 @@ def evaluate_best_of_n(task: SentimentTask) -> list[dict]:
                 })  # fmt: skip
                 samples = stage.directory / "samples" / f"n-{result.n:08d}.jsonl"
                 io.write_text_atomically(samples, "".join(json.dumps(row) + "\n" for row in result.samples))
-                print(f"  best-of-{result.n}: reward {result.mean_reward:.3f}, KL <= {result.kl_bound:.2f}", flush=True)
+                if task.progress_bar:
+                    print(f"  best-of-{result.n}: reward {result.mean_reward:.3f}, KL <= {result.kl_bound:.2f}")
             io.write_text_atomically(stage.directory / EVALUATIONS, "".join(json.dumps(r) + "\n" for r in rows))
         stage.finish()
     return read_rows(stage.directory / EVALUATIONS)
