@@ -4,6 +4,7 @@ written, a finished sweep is reused, and an interrupted one continues without re
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -114,14 +115,21 @@ def test_an_interrupted_run_continues_from_its_checkpoint_without_evaluating_aga
     assert [row["step"] for row in rows] == [2, 3] and len(evaluated) == 1
 
 
-def test_the_cli_writes_the_table_and_the_figure(tmp_path, monkeypatch, capsys):
+def test_the_cli_writes_the_table_the_figure_the_claims_and_the_record(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dpo_teach.frontier.presets.quick", lambda config: toy_sweep(config))
     assert cli.main(["frontier", "--preset", "tiny", "--quick", "--out", str(tmp_path)]) == 0
     output = capsys.readouterr().out
     assert (tmp_path / "results.csv").exists() and (tmp_path / "frontier.png").stat().st_size > 10_000
-    assert (
-        "reward" in output
-        and "KL (nats)" in output
-        and f"wrote {tmp_path / 'results.csv'}" in output
-        and (tmp_path / "run.json").exists()
-    )
+    assert "reward" in output and "KL (nats)" in output and f"wrote {tmp_path / 'results.csv'}" in output
+    assert "DPO's reward rises as beta falls" in output
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert [claim["claim"].split(" ")[0] for claim in claims] == ["DPO's", "DPO", "DPO", "DPO"]
+    record = json.loads((tmp_path / "run.json").read_text())
+    truth = record["ground_truth_reward"]
+    assert truth["kind"] == "classifier trained here"
+    assert 0 <= truth["classifier_accuracy_whole_reviews"] <= 1 and 0 <= truth["vader_accuracy_prefixes"] <= 1
+    assert set(record["reward_model"]) >= {"held_out_accuracy", "step"}
+    targets = record["ppo_kl_targets"]
+    assert [target["run"] for target in targets] == ["ppo-gt-target_kl-4", "ppo-rm-target_kl-4"]
+    assert all(target["ratio"] == pytest.approx(target["kl"] / 4.0) for target in targets)
+    assert record["settings"]["reward"] == "classifier" and record["seeds"] == 1
