@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from dpo_teach import io
 from dpo_teach.frontier import processes
@@ -70,7 +71,7 @@ def _evaluate_into(
         row = _row(method, step, evaluation)
         append_row(evaluations, row)
         if task.progress_bar:  # with the bars off (a notebook), one line per run is enough
-            print(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats", flush=True)
+            tqdm.write(f"  {method.run} step {step}: reward {row['reward']:.3f}, KL {row['kl']:.2f} nats")  # under bars
     processes.wait_for_everyone()
     return read_rows(evaluations)[-1]
 
