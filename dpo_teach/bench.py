@@ -214,7 +214,7 @@ def run_bare(config: BenchConfig, workspace: Path, output_dir: Path) -> dict:
     """A DPO step in plain PyTorch on the same weights and batches; ``perf_counter`` around the whole step."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy, tokenizer, pairs = _load(workspace)
-    pairs, _ = load_examples(pairs, max_length=config.max_length, tokenizer=tokenizer)  # validated as train_dpo does
+    pairs, _ = load_examples(pairs)  # validated as train_dpo does
     examples = [tokenize_preference(pair, tokenizer, config.max_length, config.max_prompt_length) for pair in pairs]
     policy = policy.to(device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -16,27 +16,39 @@ train with ``dpo_teach.train`` (run them under ``accelerate launch`` for several
 times a DPO step of this trainer (online and precomputed reference) against a bare PyTorch step and,
 when ``trl`` is installed, TRL's DPOTrainer, on the same tiny GPT-2 and batches (``dpo_teach.bench``).
 
-    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick]
+    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick] [--replace]
 
 runs the reward-KL frontier of the DPO paper (Fig. 2 left, ``dpo_teach.frontier``): SFT, preference
 pairs, DPO at several beta, PPO with the ground-truth reward and with a reward model, Preferred-FT and
 Unlikelihood, each evaluated every few steps. Writes ``DIR/results.csv`` and ``DIR/frontier.png`` and
-prints a summary; an interrupted sweep continues where it stopped when run again.
+prints a summary; an interrupted sweep continues where it stopped when run again. A directory holding a
+sweep of other settings is refused, naming them, unless ``--replace`` is given.
+
+Every command prints the project's own errors (``dpo_teach.errors``: bad data, config or options, a
+run directory it will not continue, a full disk) as one line saying what to change, and exits with 2
+for a problem with the command or its input, 1 for one that arose while running; ``--debug`` shows the
+traceback instead. Ctrl-C stops a training run after its current step, with a checkpoint, prints the
+command that resumes it and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import errno
 import json
+import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from dpo_teach import bandit, plots, verify
+from dpo_teach import bandit, io, plots, verify
+from dpo_teach.errors import DataError, DpoTeachError
 from dpo_teach.machine import describe
 from dpo_teach.train.config import DPOConfig, SFTConfig
 from dpo_teach.train.options import add_config_arguments, config_from_arguments
@@ -44,8 +56,7 @@ from dpo_teach.train.options import add_config_arguments, config_from_arguments
 
 def _bandit(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = io.make_directory(args.out, "--out")
     print(f"dpo-teach bandit: exact-optimum checks (seed {args.seed}, {args.threads} torch thread(s))\n")
     start = time.perf_counter()
     rows = verify.run_checks(seed=args.seed)
@@ -106,14 +117,17 @@ def _frontier(args: argparse.Namespace) -> int:
     from dpo_teach.frontier import processes, report, statistics
     from dpo_teach.frontier.presets import preset, quick
     from dpo_teach.frontier.results import summary_table
+    from dpo_teach.frontier.stage import replacing
     from dpo_teach.frontier.sweep import run_frontier
     from dpo_teach.train.run import make_accelerator
 
     config = quick(preset(args.preset)) if args.quick else preset(args.preset)
-    out = Path(args.out or f"runs/frontier-{args.preset}{'-quick' if args.quick else ''}")
+    out = io.make_directory(args.out or f"runs/frontier-{args.preset}{'-quick' if args.quick else ''}", "--out")
+    earlier = _earlier_runs(out / "run.json")  # read first: a run.json that cannot be kept stops nothing later
     started = time.perf_counter()
     accelerator = make_accelerator(config.mixed_precision)  # this command owns the processes: one accelerator
-    rows = run_frontier(config, out, accelerator=accelerator, seeds=args.seeds)  # every process sweeps
+    with replacing() if args.replace else contextlib.nullcontext():
+        rows = run_frontier(config, out, accelerator=accelerator, seeds=args.seeds)  # every process sweeps
     if accelerator.is_main_process:
         size = "quick" if args.quick else "full"
         figure = plots.frontier_figure(
@@ -121,11 +135,15 @@ def _frontier(args: argparse.Namespace) -> int:
         )
         figure.savefig(out / "frontier.png", dpi=120)
         claims = statistics.paper_claims(out, rows)
-        (out / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+        io.write_text_atomically(out / "claims.json", json.dumps(claims, indent=2) + "\n")
         seconds = time.perf_counter() - started
         facts = {"preset": args.preset, "size": size, "seeds": args.seeds, "seconds_this_invocation": round(seconds, 1)}
         facts |= {"processes": accelerator.num_processes, "machine": describe(torch.get_num_threads())}
-        (out / "run.json").write_text(json.dumps(report.run_record(config, out, rows, **facts), indent=2) + "\n")
+        record = report.run_record(config, out, rows, **facts)
+        if earlier is not None:  # the first invocation's facts stay; this one joins the reruns
+            record |= {key: earlier[key] for key in facts if key in earlier}
+            record["reruns"] = [*earlier.get("reruns", []), facts]
+        io.write_text_atomically(out / "run.json", json.dumps(record, indent=2) + "\n")
         print(f"\n{summary_table(rows)}\n\n{statistics.format_claims(claims)}\n")
         print(f"wrote {out / 'results.csv'}, frontier.png, claims.json and run.json in {seconds:.0f} s")
     processes.wait_for_everyone()
@@ -138,6 +156,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
     return value
+
+
+def _earlier_runs(path: Path) -> dict | None:
+    """The record of ``run.json`` (the first invocation that finished the sweep, and ``reruns``), or None."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as error:
+        raise DataError(
+            f"{path}: not JSON ({error}); move it away, since this run's record is appended to it"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object (the record of earlier runs); move it away")
+    return record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,11 +240,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_positive_int, default=1,
         help="train every run with seeds 0..K-1 (results.csv's seed column; default 1)",
     )  # fmt: skip
+    frontier_parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="recompute (deleting them) the stages of OUT that were made with other settings; without it such a "
+        "directory is refused, naming the settings that differ, and nothing in it changes",
+    )
     frontier_parser.set_defaults(handler=_frontier)
+    for command_parser in commands.choices.values():
+        command_parser.add_argument(
+            "--debug", action="store_true", help="show the full traceback of an error instead of one line"
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns the exit status."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.handler(args)
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns the exit status.
+
+    The project's own errors are printed as one line on stderr and give their ``exit_code`` (2: the command or its
+    input, 1: a failure while running), a full disk anywhere gives 1, Ctrl-C gives 130 with the command that
+    resumes; ``--debug`` raises them with their traceback instead. Anything else is a bug and keeps its traceback.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return args.handler(args)
+    resume = f"to resume, run the same command again: {shlex.join(['dpo-teach', *argv])}"
+    warnings.formatwarning = _one_line_warning
+    try:
+        return args.handler(args)
+    except DpoTeachError as error:
+        print(f"dpo-teach {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"dpo-teach {args.command}: error: disk full writing {error.filename}; free space, {resume}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt as error:
+        stopped = str(error) or "interrupted; finished checkpoints, stages and evaluations are kept"
+        print(f"\ndpo-teach {args.command}: {stopped}; {resume}", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = _python_format
+
+
+_python_format = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """dpo-teach's own warnings as one line, without the source line; others as Python formats them."""
+    if "dpo_teach" in Path(filename).parts:
+        return f"warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)

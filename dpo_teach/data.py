@@ -53,19 +53,29 @@ def _where(source_name: str, row: int, line: int | None) -> str:
 
 
 def _rows(source: list[dict] | str | Path | datasets.Dataset) -> tuple[str, Iterator[tuple[Any, int | None]]]:
-    """The source's name and its rows as ``(example, line)``; a line that is not JSON yields its decode error."""
+    """The source's name and its rows as ``(example, line)``; a line that is not UTF-8 or not JSON yields its
+    decode error. A UTF-8 byte-order mark at the start of a JSONL file is skipped."""
     if isinstance(source, str | Path) and Path(source).is_dir():  # written by datasets' save_to_disk
         import datasets
 
-        return str(source), ((row, None) for row in datasets.load_from_disk(str(source)))
+        try:
+            dataset = datasets.load_from_disk(str(source))
+        except FileNotFoundError as error:
+            raise DataError(f"{source}: {error}; expected a JSONL file or a save_to_disk directory") from None
+        return str(source), ((row, None) for row in dataset)
     if isinstance(source, str | Path):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; expected a JSONL file or a save_to_disk directory")
+            raise DataError(f"{path}: no such file; expected a JSONL file or a save_to_disk directory")
 
         def read_lines() -> Iterator[tuple[Any, int | None]]:
-            with path.open(encoding="utf-8") as file:
-                for line_number, line in enumerate(file, start=1):
+            with path.open("rb") as file:
+                for line_number, raw in enumerate(file, start=1):
+                    try:
+                        line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+                    except UnicodeDecodeError as error:
+                        yield error, line_number
+                        continue
                     if line.strip():
                         try:
                             yield json.loads(line), line_number
@@ -85,8 +95,11 @@ def _rows(source: list[dict] | str | Path | datasets.Dataset) -> tuple[str, Iter
     )
 
 
-def _problem(example: Any, kind: str, tokenizer: Any, max_length: int | None) -> tuple[str | None, str] | None:
+def _problem(example: Any, kind: str) -> tuple[str | None, str] | None:
     """``(field, what is wrong and what is accepted)`` for an invalid example, else ``None``."""
+    if isinstance(example, UnicodeDecodeError):
+        byte = example.object[example.start]
+        return None, f"not UTF-8 (byte 0x{byte:02x} at byte {example.start + 1} of the line); save the file as UTF-8"
     if isinstance(example, json.JSONDecodeError):
         return None, f"malformed JSON ({example.msg} at column {example.colno}); expected one JSON object per line"
     if not isinstance(example, dict):
@@ -107,13 +120,6 @@ def _problem(example: Any, kind: str, tokenizer: Any, max_length: int | None) ->
             )
     if kind == "preference" and example["chosen"] == example["rejected"]:
         return "rejected", "is identical to chosen; a preference pair needs two different completions"
-    if tokenizer is not None and not is_text:
-        prompt_length = len(_token_ids(tokenizer, example["prompt"]))
-        if prompt_length >= max_length:
-            return "prompt", (
-                f"has {prompt_length} tokens, leaving no room for a completion within max_length={max_length}; "
-                "expected a prompt shorter than max_length"
-            )
     return None
 
 
@@ -122,8 +128,6 @@ def load_examples(
     kind: str = "preference",
     *,
     skip_invalid: bool = False,
-    max_length: int | None = None,
-    tokenizer: Any = None,
 ) -> tuple[list[dict], int]:
     """Read and validate examples; returns ``(valid examples, number skipped)``.
 
@@ -131,19 +135,17 @@ def load_examples(
     are ignored), a directory written by ``Dataset.save_to_disk``, or a ``datasets.Dataset``.
     ``kind`` is ``"preference"`` or ``"sft"``. A row is
     invalid when a field is missing or not a string, a completion is empty or whitespace only,
-    ``chosen == rejected``, a JSONL line is not valid JSON, or (given ``tokenizer`` and
-    ``max_length``) the prompt alone has at least ``max_length`` tokens. Invalid rows raise
-    :class:`DataError`, or with ``skip_invalid=True`` are counted and reported in one warning.
-    Rows are 0-based among examples; JSONL line numbers are 1-based.
+    ``chosen == rejected``, or a JSONL line is not UTF-8 or not valid JSON (a UTF-8 byte-order mark
+    at the start of the file is accepted). Invalid rows raise :class:`DataError`, or with
+    ``skip_invalid=True`` are counted and reported in one warning. Rows are 0-based among examples;
+    JSONL line numbers are 1-based. A long prompt is not invalid: tokenization truncates it.
     """
     if kind not in FIELDS:
         raise ValueError(f"kind must be one of {sorted(FIELDS)}, got {kind!r}")
-    if (tokenizer is None) != (max_length is None):
-        raise ValueError("the prompt-length check needs both tokenizer and max_length; give both or neither")
     source_name, rows = _rows(source)
     examples, reasons = [], []
     for row, (example, line) in enumerate(rows):
-        problem = _problem(example, kind, tokenizer, max_length)
+        problem = _problem(example, kind)
         if problem is None:
             examples.append(dict(example))
             continue
@@ -276,12 +278,16 @@ def load_and_tokenize(
     *,
     skip_invalid: bool = False,
     progress_bar: bool = True,
-) -> list[dict]:
-    """Steps 1 and 2 for a whole source: validated, tokenized examples of ``kind``; ``[]`` when no source is given
-    (``None`` or an empty path)."""
+) -> tuple[list[dict], int]:
+    """Steps 1 and 2 for a whole source: ``(validated, tokenized examples of kind, how many prompts were
+    truncated)``; ``([], 0)`` when no source is given (``None`` or an empty path).
+
+    A prompt too long for its example to fit ``max_length`` is cut to ``max_prompt_length`` tokens by
+    ``truncation_mode`` (:func:`tokenize_preference`), never refused; the count lets the caller say so.
+    """
     if source is None or (isinstance(source, str) and not source):
-        return []
-    examples, _ = load_examples(source, kind, skip_invalid=skip_invalid, max_length=max_length, tokenizer=tokenizer)
+        return [], 0
+    examples, _ = load_examples(source, kind, skip_invalid=skip_invalid)
     spaced = sum(1 for example in examples if example.get("prompt", "")[-1:].isspace())
     if spaced:
         warnings.warn(
@@ -291,7 +297,7 @@ def load_and_tokenize(
             stacklevel=2,
         )
     tokenize = tokenize_preference if kind == "preference" else tokenize_sft
-    return tokenize_all(
+    tokenized = tokenize_all(
         examples,
         tokenize,
         f"tokenizing {kind} examples",
@@ -301,6 +307,19 @@ def load_and_tokenize(
         max_prompt_length=max_prompt_length,
         truncation_mode=truncation_mode,
     )
+    truncated = sum(
+        _prompt_length(tokens) < len(_token_ids(tokenizer, example["prompt"]))
+        for example, tokens in zip(examples, tokenized, strict=True)
+        if "prompt" in example
+    )
+    return tokenized, truncated
+
+
+def _prompt_length(tokens: dict[str, list[int]]) -> int:
+    """Prompt tokens of a tokenized example: its ``prompt_input_ids``, or an SFT example's leading ignored labels."""
+    if "prompt_input_ids" in tokens:
+        return len(tokens["prompt_input_ids"])
+    return next((index for index, label in enumerate(tokens["labels"]) if label != IGNORE_INDEX), len(tokens["labels"]))
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> torch.Tensor:

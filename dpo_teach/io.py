@@ -16,8 +16,22 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from dpo_teach.errors import ConfigError
+
 TEMPORARY_PREFIX = ".incomplete-"
 """Names starting with this are work in progress: never read, removed when the same path is written again."""
+
+
+def make_directory(path: str | Path, field: str) -> Path:
+    """Create the directory ``path`` (and its parents) if missing; returns it. A file in its place is a
+    :class:`ConfigError` naming ``field`` (the option that gave the path), not an ``OSError`` deep in a run."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        message = f"{field}: {path} is a file, or lies under one; give a directory (it is created if missing)"
+        raise ConfigError(message, field) from None
+    return path
 
 
 def temporary_path(path: str | Path) -> Path:

@@ -8,10 +8,12 @@ import json
 
 import pytest
 
+from dpo_teach.errors import ResumeError
 from dpo_teach.frontier import methods as methods_module
 from dpo_teach.frontier import task as task_module
 from dpo_teach.frontier.methods import Method, sweep_methods
 from dpo_teach.frontier.presets import preset
+from dpo_teach.frontier.stage import replacing
 from dpo_teach.frontier.sweep import train_method
 from dpo_teach.frontier.task import SentimentTask
 from dpo_teach.sentiment.models import TinyGPT2
@@ -68,7 +70,7 @@ def test_the_tiny_pipeline_runs_caches_and_invalidates(tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran again"))
     assert run_all(SentimentTask(config, tmp_path, progress_bar=False))[:3] == (train_path, eval_path, dpo_dir)
 
-    # a changed SFT config redoes SFT and everything downstream of it, and only that
+    # with --replace, a changed SFT config redoes SFT and everything downstream of it, and only that
     monkeypatch.undo()
     changed = toy(preset("tiny"))
     changed.sft = dataclasses.replace(changed.sft, max_steps=31)
@@ -83,7 +85,11 @@ def test_the_tiny_pipeline_runs_caches_and_invalidates(tmp_path, monkeypatch):
 
     for module, name in TRAINING:
         monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
-    run_all(SentimentTask(changed, tmp_path, progress_bar=False))
+    with pytest.raises(ResumeError, match=r"sft holds a finished stage of other settings \(sft\.max_steps: 30 -> 31\)"):
+        run_all(SentimentTask(changed, tmp_path, progress_bar=False))  # refused: nothing runs (tests/test_faults.py)
+    assert ran == []
+    with replacing():
+        run_all(SentimentTask(changed, tmp_path, progress_bar=False))
     assert ran == ["train_sft", "sample", "train_dpo"]
 
 

@@ -142,7 +142,8 @@ def train_method(task: SentimentTask, method: Method) -> tuple[Path, list[dict]]
     config, train = trainer(task, method)
     steps = evaluation_steps(config.max_steps, eval_every(task.config, method))
     inputs = {"upstream": task.upstream_ids(method.method), "evaluation": task.evaluation_inputs(), "steps": steps}
-    inputs["trainer"] = {key: value for key, value in dataclasses.asdict(config).items() if key != "progress_bar"}
+    unkeyed = ("progress_bar", "reference_cache_dir")  # change no result; the cache's path moves with the sweep
+    inputs["trainer"] = {key: value for key, value in dataclasses.asdict(config).items() if key not in unkeyed}
     stage = Stage(task.run_dir / method.run, inputs)
     if not stage.done:
         stage.start()

@@ -7,11 +7,31 @@ gradients at norm 10.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from dpo_teach.data import TRUNCATION_MODES
 from dpo_teach.errors import require
 from dpo_teach.losses import PREFERENCE_LOSSES
+
+FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+"""The values each annotated field type accepts: an int is a float, as in Python; a bool is no int (although Python
+says so), and 2.5 and 16.0 are no ints."""
+
+
+def check_field_types(config) -> None:
+    """Require every field of the dataclass ``config`` to hold a value of its annotated type (:data:`FIELD_TYPES`)
+    and every float field a finite one, so a config is checked whatever it came from (a YAML file, the command
+    line, Python) and ``batch_size: true`` or ``learning_rate: inf`` stops before any training."""
+    for field in dataclasses.fields(config):
+        value, expected = getattr(config, field.name), field.type  # a str: `from __future__ import annotations`
+        accepted = isinstance(value, FIELD_TYPES[expected]) and (isinstance(value, bool) == (expected == "bool"))
+        article = "an" if expected == "int" else "a"
+        require(accepted, field.name, f"must be {article} {expected}, got {value!r} ({type(value).__name__})")
+        if expected == "float":
+            require(math.isfinite(value), field.name, f"must be a finite number, got {value}")
+
 
 OPTIMIZERS = ("rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "linear")
@@ -34,17 +54,20 @@ class TrainConfig:
     eval_data: str = ""
     """Held-out examples in the same format; empty turns evaluation off."""
     skip_invalid: bool = False
-    """Skip (and count) invalid examples instead of stopping at the first one."""
+    """Skip (and count) invalid examples (a line that is not JSON or not UTF-8, a missing or empty field) instead of
+    stopping at the first one."""
     max_length: int = 512  # the DPO authors' code
     """Longest prompt + completion in tokens; longer examples are truncated."""
     max_prompt_length: int = 256  # the DPO authors' code
-    """Longest prompt in tokens when an example must be truncated."""
+    """Longest prompt in tokens when an example must be truncated: a longer prompt is then cut to this many tokens by
+    truncation_mode (the run prints how many were), never refused."""
     truncation_mode: str = "keep_end"
     """Which end of a too-long prompt to keep: 'keep_end' (the words the completion continues) or 'keep_start'."""
     disable_dropout: bool = True  # the DPO authors' code and TRL
     """Set every dropout probability to 0, so the policy's log-probs are deterministic functions of its weights."""
     max_steps: int = 1000
-    """Optimizer steps to take (an epoch ends when the data run out; the next one reshuffles)."""
+    """Optimizer steps to take (an epoch ends when the data run out; the next one reshuffles). A resumed run may
+    raise it; one below the steps already taken is refused."""
     batch_size: int = 64  # paper App. B
     """Examples per optimizer step, over all processes and accumulation steps."""
     gradient_accumulation_steps: int = 1
@@ -76,11 +99,13 @@ class TrainConfig:
     log_with: str = ""
     """Also send metrics to these accelerate trackers, comma-separated: 'tensorboard', 'wandb'."""
     resume: bool = True
-    """Continue from the newest complete checkpoint in output_dir if there is one."""
+    """Continue from the newest checkpoint in output_dir that loads (a broken one is named and skipped), if it was
+    written with these settings and inputs (training data content, starting model, tokenizer); otherwise refuse."""
     progress_bar: bool = True
     """Show a tqdm progress bar (works in a terminal and in Jupyter)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         require(self.model_dtype in DTYPES, "model_dtype", f"must be one of {DTYPES}, got {self.model_dtype!r}")
         require(self.max_length > 1, "max_length", f"must be > 1, got {self.max_length}")
         require(

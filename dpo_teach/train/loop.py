@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 
 from dpo_teach.data import to_device
+from dpo_teach.errors import ConfigError
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.run import TrainingRun, build_optimizer, learning_rate_schedule, step_generator
 
@@ -65,13 +66,13 @@ def micro_batch_indices(
     """
     per_step = config.gradient_accumulation_steps * num_processes
     if config.batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size: {config.batch_size} examples cannot be split into {config.gradient_accumulation_steps} "
             f"accumulation steps x {num_processes} processes; choose a multiple of {per_step}"
         )
     batches_per_epoch = num_examples // config.batch_size
     if batches_per_epoch == 0:
-        raise ValueError(f"batch_size: {config.batch_size} is larger than the {num_examples} training examples")
+        raise ConfigError(f"batch_size: {config.batch_size} is larger than the {num_examples} training examples")
     epoch, position = divmod(step, batches_per_epoch)
     generator = step_generator(config.seed, epoch)
     order = torch.randperm(num_examples, generator=generator)

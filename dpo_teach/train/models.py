@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dpo_teach.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -11,8 +16,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def load_causal_lm(name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` in ``dtype`` ('float32', 'bfloat16' or 'float16')."""
     if not name_or_path:
-        raise ValueError("model: give a path or Hub name of a causal language model (or pass a model object)")
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype])
+        raise ConfigError("model: give a path or Hub name of a causal language model (or pass a model object)")
+    with _loading(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype])
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -21,12 +27,27 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     Padding with EOS is safe here: ``dpo_teach.data`` masks padding by position, never by token id,
     so the EOS that ends a completion keeps its label.
     """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    with _loading(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{name_or_path}: the tokenizer has no EOS token; completions need one to end")
+        raise ConfigError(f"model: the tokenizer of {name_or_path} has no EOS token; completions need one to end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@contextlib.contextmanager
+def _loading(name_or_path: str) -> Iterator[None]:
+    """Turn transformers' failure to find or read ``name_or_path`` (OSError, or ValueError for a malformed Hub name)
+    into a :class:`ConfigError` naming the ``model`` field and what is accepted; the original stays the cause."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"model: cannot load {name_or_path!r} ({reason}); expected a directory written by save_pretrained, or a "
+            "Hub name (downloading needs the network)"
+        ) from error
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

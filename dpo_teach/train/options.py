@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from dpo_teach.errors import ConfigError
+
 
 def field_docs(config_class: type) -> dict[str, str]:
     """The docstring under each field of ``config_class`` and its bases, by field name."""
@@ -70,25 +72,46 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
 def config_from_arguments(config_class: type, args: argparse.Namespace):
     """Build the config: dataclass defaults, then the YAML file's values, then command-line overrides.
 
-    Unknown keys in the file are an error naming the file and the key.
+    A string in the file is read as the command line reads the option (YAML takes ``1e-6`` for a string); any
+    other value must already be of the field's type (``ConfigError`` from the config's own check). Every error
+    about the file (missing, not YAML, not a mapping, an unknown key, a value of the wrong type or out of range)
+    is a :class:`ConfigError` naming the file and the field.
     """
     known = {field.name for field in dataclasses.fields(config_class)}
     values = {}
     if args.config is not None:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.config}: expected a mapping of config fields, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        types = {field.name: _type_name(field) for field in dataclasses.fields(config_class)}
-        for name, value in loaded.items():
-            # YAML reads 1e-6 (no dot) as a string and 1 as an int; convert both as the command line would
-            if isinstance(value, str) and types[name] != "str" or isinstance(value, int) and types[name] == "float":
-                try:
-                    value = _PARSERS[types[name]](str(value))
-                except (ValueError, argparse.ArgumentTypeError) as error:
-                    raise ValueError(f"{args.config}: {name}: {error}") from None
-            values[name] = value
-    values.update({name: getattr(args, name) for name in known if getattr(args, name) is not None})
-    return config_class(**values)
+        values = _read_config_file(args.config, config_class)
+    overrides = {name: getattr(args, name) for name in known if getattr(args, name) is not None}
+    try:
+        return config_class(**(values | overrides))
+    except ConfigError as error:
+        if error.field in values and error.field not in overrides:
+            raise ConfigError(f"{args.config}: {error}", error.field) from None
+        raise
+
+
+def _read_config_file(path: Path, config_class: type) -> dict:
+    """The fields set by the YAML file ``path``, strings converted to their field's type (as on the command line)."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"--config: cannot read {path} ({error.strerror or error})", "config") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a YAML file of config fields ({' '.join(str(error).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(loaded).__name__}")
+    types = {field.name: _type_name(field) for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(loaded) - set(types), key=str)
+    if unknown:
+        raise ConfigError(f"{path}: unknown config field(s) {unknown}; known fields: {sorted(types)}")
+    values = {}
+    for name, value in loaded.items():
+        if isinstance(value, str) and types[name] != "str":
+            try:
+                value = _PARSERS[types[name]](value)
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                raise ConfigError(f"{path}: {name}: {error}", name) from None
+        elif type(value) is int and types[name] == "float":
+            value = float(value)  # YAML's 1 for a float field: kept as the float the field holds
+        values[name] = value
+    return values

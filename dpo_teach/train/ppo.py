@@ -35,6 +35,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from dpo_teach.errors import ConfigError, NonFiniteError
 from dpo_teach.rl import (
     AdaptiveKLController,
     FixedKLController,
@@ -48,6 +49,7 @@ from dpo_teach.rl import (
 )
 from dpo_teach.sampling import SamplingConfig, sample
 from dpo_teach.train.config import PPOConfig
+from dpo_teach.train.fingerprint import data_fingerprint
 from dpo_teach.train.loop import micro_batch_indices
 from dpo_teach.train.models import disable_dropout, load_causal_lm, load_tokenizer
 from dpo_teach.train.rollout import Batch, make_value_model, rollout_batch, rollout_logps, token_values
@@ -95,7 +97,7 @@ def collect_rollout(
         raise ValueError(f"reward: returned shape {tuple(scores.shape)} for {len(indices)} texts; expected (N,)")
     if not torch.isfinite(scores).all():
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"the reward is not finite at step {step + 1} for texts {bad[:10]}, e.g. "
             f"{samples.texts[bad[0]]!r}: {scores[bad[0]].item()}"
         )
@@ -148,7 +150,7 @@ def ppo_update(
     """Step 4: ``ppo_epochs`` passes over ``num_minibatches`` shuffled minibatches of ``batch``, one update each.
 
     Returns this process's means over the updates. A non-finite loss or gradient norm raises
-    FloatingPointError before its update.
+    NonFiniteError before its update.
     """
     config, accelerator = run.config, run.accelerator
     policy.train()
@@ -217,15 +219,18 @@ def train_ppo(
     with TrainingRun(config, accelerator, "PPO", callbacks) as run:
         accelerator = run.accelerator
         if accelerator.distributed_type == DistributedType.FSDP:  # generate() needs the whole policy on each process
-            raise ValueError(f"{accelerator.distributed_type} is not supported by the PPO trainer; use DDP")
+            raise ConfigError(f"{accelerator.distributed_type} is not supported by the PPO trainer; use DDP")
         split = accelerator.num_processes * config.num_minibatches
         if config.batch_size % split:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size: {config.batch_size} rollouts cannot be split into {accelerator.num_processes} "
                 f"processes x {config.num_minibatches} minibatches; choose a multiple of {split}"
             )
+        passed = (policy is not None, tokenizer is not None)
         tokenizer = tokenizer or load_tokenizer(config.model)
         policy = policy or load_causal_lm(config.model, config.model_dtype)
+        run.add_model_and_tokenizer(policy, tokenizer, *passed)
+        run.add_input("prompts", data_fingerprint([{"prompt": prompt} for prompt in prompts]), "the prompts passed in")
         reference = copy.deepcopy(policy) if reference is None else reference  # before any update or resume
         value_model = make_value_model(policy) if value_model is None else value_model
         if config.disable_dropout:

@@ -23,26 +23,8 @@ from accelerate import Accelerator
 
 from dpo_teach import io
 from dpo_teach.logprobs import concatenated_logps
+from dpo_teach.train.fingerprint import data_fingerprint, model_fingerprint
 from dpo_teach.train.sharded import map_examples
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def data_fingerprint(examples: Sequence[dict]) -> str:
-    """SHA-256 of the tokenized examples' token-id lists, in order."""
-    digest = hashlib.sha256()
-    for example in examples:
-        for key in sorted(example):
-            if isinstance(example[key], list):
-                digest.update(f"{key}:{example[key]}".encode())
-    return digest.hexdigest()
 
 
 def reference_logps(

@@ -4,6 +4,7 @@ The SFT, DPO, reward-model and Unlikelihood trainers (``dpo_teach.train.loop``) 
 (``dpo_teach.train.ppo``) differ only in the update they make; this class does the rest, once:
 
     with TrainingRun(config, accelerator, "DPO", callbacks) as run:   # the caller's accelerator, or its own
+        run.add_input("train_data", fingerprint, source)  # what it starts from: data, model, tokenizer
         model, optimizer, scheduler = run.prepare(model, optimizer, scheduler)
         run.start(model, tokenizer, "3,000 pairs")    # resume or refuse, metrics log, trackers, bar, step-0 callbacks
         for step in run.steps():                      # 0-based optimizer steps still to take
@@ -24,12 +25,17 @@ The SFT, DPO, reward-model and Unlikelihood trainers (``dpo_teach.train.loop``) 
   (:func:`every`), and so is any evaluation a caller wants (the frontier's reward and KL, a best checkpoint).
   Because the callbacks of step s run before its checkpoint is written, a run resumed from step s has
   already made every callback of the steps up to s.
+- **Inputs**: the trainer records fingerprints of what it starts from (:meth:`TrainingRun.add_input`: the
+  training data's content, the starting model's weights, the tokenizer); every checkpoint keeps them, and a
+  resumed run must start from the same ones (``dpo_teach.train.checkpoint.check_resumable``).
+- **Faults**: a loss or gradient norm that is not finite stops the run before its update; weights that are not
+  finite are never checkpointed, so the last good checkpoint an error names is finite (``NonFiniteError``).
+  Ctrl-C stops the run after the step in progress, with a checkpoint of it (``dpo_teach.train.interrupt``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -43,8 +49,19 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from dpo_teach.train.checkpoint import prune_checkpoints, resume_or_start, save_checkpoint, save_final
+from dpo_teach import io
+from dpo_teach.errors import ConfigError, Interrupted, NonFiniteError
+from dpo_teach.train.checkpoint import (
+    checkpoint_dir,
+    prune_checkpoints,
+    resume_or_start,
+    save_checkpoint,
+    save_final,
+)
 from dpo_teach.train.config import TrainConfig
+from dpo_teach.train.fingerprint import SAMPLED_VALUES, model_fingerprint, tokenizer_fingerprint
+from dpo_teach.train.interrupt import StopRequest
+from dpo_teach.train.metrics_log import MetricsLog
 
 Callback = Callable[[int, torch.nn.Module], dict[str, float] | None]
 """``callback(step, model) -> metrics or None`` (module docstring)."""
@@ -104,7 +121,7 @@ def make_accelerator(mixed_precision: str = "no", log_with: Sequence[str] = (), 
         if "already been initialized" not in str(error):
             raise
         current = AcceleratorState().mixed_precision
-        raise ValueError(
+        raise ConfigError(
             f"mixed_precision: this process already trains with {current!r} and accelerate allows one precision per "
             f"process, so {mixed_precision!r} cannot start here; restart the process (or the notebook's kernel), or "
             "give every trainer of the process the same mixed_precision"
@@ -112,7 +129,7 @@ def make_accelerator(mixed_precision: str = "no", log_with: Sequence[str] = (), 
     active = {getattr(tracker, "value", tracker) for tracker in accelerator.log_with}
     missing = [name for name in log_with if name not in active]
     if missing:
-        raise ValueError(f"log_with: {missing} requested but not installed; pip install {' '.join(missing)}")
+        raise ConfigError(f"log_with: {missing} requested but not installed; pip install {' '.join(missing)}")
     return accelerator
 
 
@@ -121,21 +138,21 @@ def _check_accelerator(accelerator: Accelerator, config: TrainConfig) -> None:
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed steps its optimizer inside accelerator.backward whenever gradients sync; the trainers accumulate
         # by hand and check the loss before the update, so under DeepSpeed they would update every micro-batch.
-        raise ValueError("DeepSpeed is not supported by these trainers; use DDP or FSDP (accelerate config)")
+        raise ConfigError("DeepSpeed is not supported by these trainers; use DDP or FSDP (accelerate config)")
     if accelerator.mixed_precision != config.mixed_precision:
-        raise ValueError(
+        raise ConfigError(
             f"mixed_precision: the config asks for {config.mixed_precision!r} but the accelerator passed in uses "
             f"{accelerator.mixed_precision!r}; make them agree (accelerate allows one precision per process)"
         )
     if accelerator.step_scheduler_with_optimizer:
-        raise ValueError(
+        raise ConfigError(
             "the accelerator passed in steps schedulers once per process; create it with make_accelerator "
             "(step_scheduler_with_optimizer=False), so warmup counts optimizer steps"
         )
     active = {getattr(tracker, "value", tracker) for tracker in accelerator.log_with}
     missing = [name for name in config.trackers if name not in active]
     if missing:
-        raise ValueError(f"log_with: {missing} requested, but the accelerator passed in was created without them")
+        raise ConfigError(f"log_with: {missing} requested, but the accelerator passed in was created without them")
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -161,32 +178,9 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (main process) and to accelerate's trackers.
-
-    On resume from step s, lines after s are dropped: they are about to be computed again.
-    """
-
-    def __init__(self, accelerator: Accelerator, output_dir: Path, resumed_step: int) -> None:
-        self.accelerator = accelerator
-        self.path = output_dir / "metrics.jsonl"
-        if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            kept = []
-            if resumed_step and self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        self.accelerator.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
-
-
 class TrainingRun:
-    """Setup, resume or refuse, logging, the progress bar, checkpoints, finite checks, callbacks and the finish
-    of one run of ``config`` (module docstring). Use it as a context manager."""
+    """Setup, resume or refuse, logging, the progress bar, checkpoints, finite checks, callbacks, Ctrl-C and the
+    finish of one run of ``config`` (module docstring). Use it as a context manager."""
 
     def __init__(
         self,
@@ -198,24 +192,29 @@ class TrainingRun:
         self.config = config
         self.name = name
         self.callbacks = list(callbacks)
+        self.output_dir = io.make_directory(config.output_dir, "output_dir")
         self.owns_accelerator = accelerator is None
         self.accelerator = accelerator if accelerator is not None else make_accelerator(
             config.mixed_precision, config.trackers, config.output_dir
         )  # fmt: skip
         _check_accelerator(self.accelerator, config)
-        self.output_dir = Path(config.output_dir)
+        self.inputs: dict[str, dict[str, str]] = {}
+        """What the run starts from, by name: ``{"fingerprint": ..., "source": ...}`` (:meth:`add_input`)."""
         self.start_step = 0
         self.last_checkpoint = "none yet"
+        self._models: list[torch.nn.Module] = []
         self._exit = contextlib.ExitStack()
         self._trackers: list = []
         self._bar = None
+        self._stop = StopRequest(announce=self.accelerator.is_main_process)
 
     def __enter__(self) -> TrainingRun:
         self._exit.enter_context(forked_rng(self.config.seed))
         return self
 
     def __exit__(self, *exception) -> None:
-        """Close the bar and this run's trackers, release what it prepared, end the accelerator if it made it."""
+        """Close the bar and this run's trackers, release what it prepared, end the accelerator if it made it, give
+        Ctrl-C back its previous meaning."""
         if self._bar is not None:
             self._bar.close()
         for tracker in self._trackers:
@@ -225,6 +224,21 @@ class TrainingRun:
         if self.owns_accelerator:
             self.accelerator.end_training()
         self._exit.close()
+
+    def add_input(self, name: str, fingerprint: str, source: str) -> None:
+        """Record something the run starts from (its data, model or tokenizer) by a fingerprint of its content
+        (``dpo_teach.train.fingerprint``). Checkpoints keep the fingerprints and resuming refuses a change, naming
+        ``source`` (e.g. ``"train_data runs/pairs/train.jsonl"``). Call it before :meth:`start`."""
+        self.inputs[name] = {"fingerprint": fingerprint, "source": source}
+
+    def add_model_and_tokenizer(self, model: torch.nn.Module, tokenizer, model_passed: bool, tokenizer_passed: bool):
+        """:meth:`add_input` of the starting model's weights and of the tokenizer, named by where they came from:
+        ``config.model`` or the caller (``*_passed``)."""
+        name = self.config.model
+        model_source = "the model passed in" if model_passed else f"model {name}"
+        self.add_input("model", model_fingerprint(model, SAMPLED_VALUES), model_source)
+        tokenizer_source = "the tokenizer passed in" if tokenizer_passed else f"the tokenizer of model {name}"
+        self.add_input("tokenizer", tokenizer_fingerprint(tokenizer), tokenizer_source)
 
     def prepare(self, *objects):
         """``accelerator.prepare`` the models, optimizer and scheduler (in that order, as the caller lists them).
@@ -236,29 +250,32 @@ class TrainingRun:
         """
         prepared = self.accelerator.prepare(*objects)
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self._models = [item for item in prepared if isinstance(item, torch.nn.Module)]
         if self.accelerator.native_amp:
-            for item in prepared:
-                if isinstance(item, torch.nn.Module):
-                    self.accelerator.unwrap_model(item, keep_fp32_wrapper=False)
+            for model in self._models:
+                self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         return prepared if len(prepared) > 1 else prepared[0]
 
     def start(self, model: torch.nn.Module, tokenizer, description: str) -> dict | None:
-        """Resume from the newest checkpoint (or refuse one of other settings), open the metrics log, the trackers
-        and the progress bar, and make the step-0 callbacks of a fresh run. ``model`` (prepared) is what the
-        callbacks and checkpoints see; returns the resumed trainer state, or None."""
+        """Resume from the newest checkpoint that loads (or refuse one of other settings or inputs), open the metrics
+        log, the trackers and the progress bar, make the step-0 callbacks of a fresh run, and from then on take
+        Ctrl-C as a request to stop after the step in progress (``dpo_teach.train.interrupt``). ``model``
+        (prepared) is what the callbacks and checkpoints see; returns the resumed trainer state, or None."""
         self.model, self.tokenizer = model, tokenizer
         accelerator, config = self.accelerator, self.config
-        resumed = resume_or_start(accelerator, self.output_dir, asdict(config))
+        resumed = resume_or_start(accelerator, self.output_dir, asdict(config), self.inputs)
         self.start_step = resumed["step"] if resumed else 0
-        self.last_checkpoint = f"step {self.start_step}" if resumed else "none yet"
+        if resumed:
+            self.last_checkpoint = str(checkpoint_dir(self.output_dir, self.start_step))
         self.metrics = MetricsLog(accelerator, self.output_dir, self.start_step)
         before = list(accelerator.trackers)
         accelerator.init_trackers("dpo-teach", config=asdict(config))
         self._trackers = [tracker for tracker in accelerator.trackers if tracker not in before]
+        finished = " (already finished: nothing to train)" if self.start_step == config.max_steps else ""
         accelerator.print(
             f"{self.name}: {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision "
             f"{accelerator.mixed_precision}, {description}, "
-            + (f"resuming from step {self.start_step}" if resumed else "starting at step 0")
+            + (f"resuming from step {self.start_step}{finished}" if resumed else "starting at step 0")
         )
         if not resumed:
             self._call_back(0)
@@ -269,6 +286,7 @@ class TrainingRun:
             mininterval=1.0,  # in Jupyter every redraw is a message; thousands of them can overflow the kernel's queue
             disable=not (config.progress_bar and accelerator.is_main_process),
         )
+        self._exit.enter_context(self._stop)
         return resumed
 
     def add_evaluation(self, evaluate: Callable[[torch.nn.Module], dict[str, float]]) -> None:
@@ -283,7 +301,7 @@ class TrainingRun:
     def check_finite(self, what: str, value: float, step: int, where: str = "") -> None:
         """Stop the run before the update of ``step`` (0-based) if ``value`` (named ``what``) is not finite."""
         if not math.isfinite(value):
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{what} is {value} at step {step + 1}{where}; stopped before updating the weights. "
                 f"Last good checkpoint: {self.last_checkpoint}"
             )
@@ -302,19 +320,55 @@ class TrainingRun:
 
     def end_step(self, step: int, trainer_state: dict) -> None:
         """After the update of ``step`` (0-based): the callbacks, then a checkpoint when one is due, recording
-        ``trainer_state`` (what the trainer needs to resume besides the weights, optimizer and RNG)."""
+        ``trainer_state`` (what the trainer needs to resume besides the weights, optimizer and RNG). After Ctrl-C,
+        a checkpoint of this step in any case, then :class:`~dpo_teach.errors.Interrupted`."""
         done, config = step + 1, self.config
         self._call_back(done)
-        if (config.save_every and done % config.save_every == 0) or done == config.max_steps:
-            state = {"step": done, **trainer_state, "config": asdict(config)}
+        stopping = self._stop_requested()
+        if stopping or (config.save_every and done % config.save_every == 0) or done == config.max_steps:
+            self._check_weights(done)
+            state = {"step": done, **trainer_state, "config": asdict(config), "inputs": self.inputs}
             checkpoint = save_checkpoint(self.accelerator, self.model, self.tokenizer, self.output_dir, state)
             self.last_checkpoint = str(checkpoint)
             prune_checkpoints(self.accelerator, self.output_dir, config.keep_checkpoints)
+        if stopping:
+            raise self._interrupted(done)
 
     def finish(self) -> Path:
-        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it."""
+        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it. A Ctrl-C that arrived after the
+        last step's check (while its checkpoint was written) stops the run here, that checkpoint complete."""
         self._bar.close()
+        self._stop.release()
+        if self._stop_requested():
+            raise self._interrupted(self.config.max_steps)
         return save_final(self.accelerator, self.model, self.tokenizer, self.output_dir)
+
+    def _interrupted(self, done: int) -> Interrupted:
+        return Interrupted(
+            f"{self.name}: stopped by Ctrl-C after step {done} of {self.config.max_steps}; its checkpoint "
+            f"{self.last_checkpoint} lets the same run (resume: true) continue as if never stopped"
+        )
+
+    def _stop_requested(self) -> bool:
+        """Whether Ctrl-C reached any process: all of them must stop after the same step."""
+        if self.accelerator.num_processes == 1:
+            return self._stop.requested
+        requested = torch.tensor(float(self._stop.requested), device=self.accelerator.device)
+        return self.accelerator.reduce(requested, reduction="sum").item() > 0
+
+    def _check_weights(self, done: int) -> None:
+        """Refuse to checkpoint weights that are not all finite (an update can overflow with a finite loss and
+        gradient, e.g. at a huge learning rate), so the last good checkpoint a message names is finite."""
+        parameters = [parameter for model in self._models for parameter in model.parameters()]
+        bad = torch.stack([~torch.isfinite(parameter).all() for parameter in parameters]).sum()  # tensors with inf/NaN
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item():
+            raise NonFiniteError(
+                f"the weights are not finite after the update of step {done} ({bad.item()} tensors hold inf or NaN); "
+                f"no checkpoint was written from them. Last good checkpoint: {self.last_checkpoint}. A smaller "
+                "learning_rate (or a longer warmup) may help"
+            )
 
     def _call_back(self, step: int) -> None:
         metrics = {}
