@@ -84,8 +84,10 @@ def minibatch_dpo(
     check_beta(beta)
     check_counts(steps=steps)
     pi_ref = as_table("pi_ref", pi_ref)
-    log_ref = torch.log(pi_ref)  # (C, K)
-    theta = log_ref.clone().requires_grad_(True)  # (C, K) policy logits
+    # The reference's log-probs go through the same log_softmax as the policy's, so that at step 0 they are
+    # equal bit for bit and every logged reward is exactly 0 (log pi_ref itself differs by round-off).
+    log_ref = torch.log_softmax(torch.log(pi_ref), -1)  # (C, K)
+    theta = torch.log(pi_ref).requires_grad_(True)  # (C, K) policy logits
     optimizer = torch.optim.Adam([theta], lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     history: dict[str, list[float]] = {name: [] for name in METRICS}
