@@ -8,6 +8,8 @@ data are made: two different responses from a sampling policy, labelled by the p
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from dpo_teach.bandit.world import DTYPE, as_table, as_wins, check_counts
@@ -44,7 +46,7 @@ def sample_comparisons(
             f"preferences must have shape (C, K, K) = {(num_contexts, num_responses, num_responses)}, "
             f"got {tuple(preferences.shape)}"
         )
-    if not isinstance(num_comparisons, int) or num_comparisons < 1:
+    if not isinstance(num_comparisons, numbers.Integral) or num_comparisons < 1:
         raise ValueError(f"num_comparisons must be >= 1, got {num_comparisons}")
     generator = torch.Generator().manual_seed(seed)
     pair_probs = _pair_probabilities(sampling_policy)  # (C, K * K)

@@ -8,6 +8,7 @@ to 1e-10. The input checks live here and every other module of ``dpo_teach.bandi
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -61,7 +62,7 @@ def check_beta(beta: float) -> None:
 def check_counts(**counts: int) -> None:
     """Each named count must be an integer >= 1; the message names the first that is not."""
     for name, count in counts.items():
-        if not isinstance(count, int) or count < 1:
+        if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
 
 
