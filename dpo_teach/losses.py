@@ -175,9 +175,10 @@ def robust_loss(
     negative, and along a pair whose chosen side won a fraction p > 1 - eps of the time it falls
     forever (its slope at h -> +inf is beta ((1 - eps)(1 - p) - eps p) / (1 - 2 eps) < 0). On a table
     of K responses the loss is unbounded below exactly when some set of responses won more than a
-    fraction 1 - eps of its comparisons with the rest (``tests/test_existence.py``), so deterministic
-    preferences are only the extreme case: Bradley-Terry preferences with a pair beyond 1 - eps are
-    enough (notebook 4). Use it where the data's win rates stay within [eps, 1 - eps].
+    fraction 1 - eps of its comparisons with the rest (``tests/test_existence.py``): deterministic
+    preferences are only the extreme case, Bradley-Terry preferences can do it too (notebook 4). Such a
+    set needs a pair beyond 1 - eps, but with more than two responses one such pair is not enough.
+    Use it where the data's win rates stay within [eps, 1 - eps].
     eps must be in [0, 0.5).
     """
     _check_epsilon("label_smoothing", label_smoothing)
