@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: install demo test lint lab clean
+.PHONY: install demo test lint lab notebooks browser-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ test: lint
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks
+
+# Re-execute the bandit notebooks (1-4 and 4b-4e) in place, as committed (README, "The notebooks").
+BANDIT_NOTEBOOKS := $(sort $(wildcard notebooks/0[1-4]*.ipynb))
+notebooks: $(INSTALLED)
+	$(BIN)/python tools/execute_notebooks.py $(BANDIT_NOTEBOOKS)
+
+# The bandit notebooks in JupyterLab in headless Chromium: run every cell, move every slider (README).
+# Playwright cannot download its browsers on a closed network, so it drives Debian's chromium, installed if missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-check: $(INSTALLED)
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(BIN)/python tools/browser_check.py --chromium $(CHROMIUM) --out runs/browser-check $(BANDIT_NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

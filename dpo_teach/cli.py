@@ -151,13 +151,6 @@ def _frontier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
-
-
 def _earlier_runs(path: Path) -> dict | None:
     """The record of ``run.json`` (the first invocation that finished the sweep, and ``reruns``), or None."""
     if not path.exists():
@@ -173,6 +166,26 @@ def _earlier_runs(path: Path) -> dict | None:
     return record
 
 
+MAX_SEED = 2**63 - 1
+"""Largest --seed of `dpo-teach bandit` (int64): its instances use seed + a few offsets, below torch's 2^64 limit."""
+
+
+def _int_in(low: int, high: int | None):
+    """An argparse type: an integer in [low, high] (no upper bound when ``high`` is None), else a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every option documented in ``--help``."""
     parser = argparse.ArgumentParser(prog="dpo-teach", description=__doc__.split("\n\n")[0])
@@ -184,9 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         "analytic optimum (DPO: pi_ref exp(r / beta) / Z). Prints a table, writes a CSV and a figure.",
     )
     bandit_parser.add_argument("--out", default="runs/bandit", help="directory for the CSV and figure")
-    bandit_parser.add_argument("--seed", type=int, default=0, help="seed of the random instances")
     bandit_parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads; the timing target is for one core"
+        "--seed", type=_int_in(0, MAX_SEED), default=0, help=f"seed of the random instances, 0 to {MAX_SEED} (int64)"
+    )
+    bandit_parser.add_argument(
+        "--threads",
+        type=_int_in(1, None),
+        default=1,
+        help="torch CPU threads (>= 1); the timing target is for one core",
     )
     bandit_parser.set_defaults(handler=_bandit)
     for name, config_class, summary in (
@@ -237,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="shrink every size: the whole sweep in minutes, for CI and smoke tests"
     )
     frontier_parser.add_argument(
-        "--seeds", type=_positive_int, default=1,
+        "--seeds", type=_int_in(1, None), default=1,
         help="train every run with seeds 0..K-1 (results.csv's seed column; default 1)",
     )  # fmt: skip
     frontier_parser.add_argument(

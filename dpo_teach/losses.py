@@ -100,8 +100,12 @@ def dpo_loss(
 
     With ``label_smoothing`` eps = 0 this is DPO, -log sigma(beta h). With eps > 0 it is
     conservative DPO (cDPO, Mitchell 2023): the label is assumed flipped with probability eps,
-    so the loss is the cross-entropy against the soft target (1 - eps, eps) and the optimal
-    margin is finite, beta h* = log((1 - eps) / eps), even on deterministic preferences.
+    so the loss is the cross-entropy against the soft target (1 - eps, eps), and it has a finite
+    minimizer on any data, deterministic preferences included. For one pair alone (two responses)
+    that minimizer is beta h* = log((1 - eps) / eps) when the preference is deterministic. With more
+    responses the pairs share the implicit rewards and cannot all sit there: the margin between far
+    apart responses exceeds it (4.28 nats against 2.20 for eps = 0.1 on five deterministically ranked
+    responses, notebook 4), and since that is a margin of beta h, the policy ratio is exp(4.28 / beta).
     eps must be in [0, 0.5).
     """
     _check_epsilon("label_smoothing", label_smoothing)
@@ -168,7 +172,13 @@ def robust_loss(
         loss = ((1 - eps) (-log sigma(beta h)) - eps (-log sigma(-beta h))) / (1 - 2 eps)
 
     Its expectation over noisy labels equals the DPO loss on clean labels. Unlike cDPO it can be
-    negative, and on deterministic preferences it is unbounded below: use it on noisy data.
+    negative, and along a pair whose chosen side won a fraction p > 1 - eps of the time it falls
+    forever (its slope at h -> +inf is beta ((1 - eps)(1 - p) - eps p) / (1 - 2 eps) < 0). On a table
+    of K responses the loss is unbounded below exactly when some set of responses won more than a
+    fraction 1 - eps of its comparisons with the rest (``tests/test_existence.py``): deterministic
+    preferences are only the extreme case, Bradley-Terry preferences can do it too (notebook 4). Such a
+    set needs a pair beyond 1 - eps, but with more than two responses one such pair is not enough.
+    Use it where the data's win rates stay within [eps, 1 - eps].
     eps must be in [0, 0.5).
     """
     _check_epsilon("label_smoothing", label_smoothing)

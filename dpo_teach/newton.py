@@ -31,6 +31,18 @@ from dpo_teach.losses import PreferenceLoss, PreferenceLossFn
 
 MAX_STEP_NATS = 16.0  # largest change of an implicit reward in one Newton step: e^16 ~ 1e7 in odds
 FAR_MARGIN = 1e3  # beta * h at which the slopes of a loss are taken as its slopes at infinity (e^-1000 == 0.0)
+# Chosen here: a ridge 1e-12 times the largest curvature (~4500 float64 epsilons) moves a Newton step by a
+# relative 1e-12 (far below xtol's effect) while making a numerically singular H + P invertible again.
+SINGULAR_DAMPING = 1e-12
+# Chosen here: a predicted decrease below 1e-14 (1 + |F|), ~45 float64 epsilons of F, cannot be seen in F's
+# values, so Armijo's comparison of them is round-off; the full Newton step is taken instead.
+NEGLIGIBLE_DECREASE = 1e-14
+# Armijo's sufficient-decrease constant c1 = 1e-4, the value Nocedal & Wright suggest for practice (Numerical
+# Optimization, 2nd ed., Sec. 3.1, the sufficient decrease condition, Eq. 3.4).
+ARMIJO_C1 = 1e-4
+# Chosen here: 60 halvings reach a step of 2^-60 ~ 1e-18 of Newton's, below float64 resolution of theta, so
+# a backtracking that has not found a decrease by then never will.
+MAX_HALVINGS = 60
 
 
 @dataclass
@@ -142,9 +154,11 @@ def finite_minimizer_exists(objective: PairwiseObjective) -> torch.Tensor | None
     components costs something, i.e. iff no set S of responses can be raised above the rest of its
     component with cost[c, i, j] = 0 for all i in S, j outside: the graph with an edge i -> j where
     cost[c, i, j] > 0 must be strongly connected within each component. For DPO and the
-    Bradley-Terry MLE this is Ford's condition (1957): however a component is split in two, each
-    side was preferred to the other at least once (notebook 1, "Exactly when it exists"). IPO and
-    cDPO (eps > 0) charge for every direction, so their minimizers always exist.
+    Bradley-Terry MLE this is Ford's condition (1957) applied to each component: however a component
+    is split in two, each side was preferred to the other at least once (notebook 1, Sec. 1.5). Ford
+    asked it of the whole graph, which also makes the minimizer unique up to one constant; with
+    several components it exists but each component can be shifted on its own. IPO and cDPO
+    (eps > 0) charge for every direction, so their minimizers always exist.
 
     A negative cost (rDPO's loss is unbounded below along a pair that wins too rarely the other way)
     makes existence a question about every cut of the graph; the answer is then None and
@@ -242,7 +256,7 @@ def newton_minimize(
         if info.any():
             # Far out on a logistic tail the curvature underflows to 0 before the gradient does, and H
             # turns singular; a ridge of float64 size keeps those steps finite (Levenberg-Marquardt).
-            damping = 1e-12 * (1.0 + hess.diagonal(dim1=1, dim2=2).abs().amax(-1))  # (C,)
+            damping = SINGULAR_DAMPING * (1.0 + hess.diagonal(dim1=1, dim2=2).abs().amax(-1))  # (C,)
             system = system + damping[:, None, None] * torch.eye(theta.shape[-1], dtype=theta.dtype)
             solution = torch.linalg.solve(system, gradient[..., None])
         step = -solution[..., 0]  # (C, K)
@@ -252,11 +266,11 @@ def newton_minimize(
         slope = (gradient * step).sum(-1)  # (C,) directional derivative, <= 0
         # Where the predicted decrease is below float64 resolution of the loss, Armijo's test is noise;
         # there the full Newton step is taken (it is inside the region of quadratic convergence).
-        negligible = -slope <= 1e-14 * (1.0 + value.abs())
+        negligible = -slope <= NEGLIGIBLE_DECREASE * (1.0 + value.abs())
         step_size = torch.ones(num_contexts, dtype=theta.dtype)
-        for _ in range(60):
+        for _ in range(MAX_HALVINGS):
             trial = objective.value(theta + step_size[:, None] * step)
-            accepted = negligible | (trial <= value + 1e-4 * step_size * slope)
+            accepted = negligible | (trial <= value + ARMIJO_C1 * step_size * slope)  # Armijo condition (N&W Eq. 3.4)
             if accepted.all():
                 break
             step_size = torch.where(accepted, step_size, step_size / 2)

@@ -20,7 +20,7 @@ from dpo_teach import bandit
 DTYPE = torch.float64
 BETAS = (0.1, 0.5, 1.0, 5.0)
 SMALL_SIZES = ((5, 3), (20, 10))
-ACCEPTANCE = {"atol": 1e-8, "rtol": 0.0}  # max |pi - pi*|, issue 2
+ACCEPTANCE = {"atol": 1e-8, "rtol": 0.0}  # max |pi - pi*|, the target of `dpo-teach bandit`
 TIGHT = {"atol": 1e-14, "rtol": 1e-12}  # the same closed form computed two ways
 
 
@@ -410,3 +410,62 @@ def test_simpo_from_a_far_start_where_curvature_underflows(seed, beta):
     assert result.converged, result.message
     gradient = _gradient(_simpo_population_loss, result.theta, pi_ref, preferences, beta, 0.5)
     assert gradient.abs().max().item() <= 1e-12
+
+
+def test_fit_reward_model_objective_is_its_docstring_formula():
+    """The reported loss is -sum w log sigma(r_i - r_j) / W + (l2 / 2) |r - mean r|^2 at the returned reward, and
+    at the returned reward shifted by any constant: the ridge never charges for the constant preferences cannot see
+    (the formula (l2 / 2) |r|^2 that the docstring used to give would)."""
+    wins = torch.tensor([[[0.0, 3.0, 2.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0]]], dtype=DTYPE)
+    fitted, result = bandit.fit_reward_model(wins, l2=0.1)
+    assert result.converged, result.message
+    for shift in (0.0, 1.0, -7.5):
+        value = _ridge_reward_loss(fitted + shift, wins, 0.1).item()
+        assert abs(value - result.loss) <= 1e-14, (shift, value, result.loss)
+    uncentered = _ridge_reward_loss(fitted + 1.0, wins, 0.0) + 0.5 * 0.1 * ((fitted + 1.0) ** 2).sum()
+    assert uncentered.item() > result.loss + 0.1, "a ridge on |r|^2 would charge for the shift"
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0])
+def test_cdpo_margin_cap_holds_for_two_responses_only(beta):
+    """On deterministic preferences cDPO's margin beta h* = log((1 - eps) / eps) holds on K = 2 only.
+
+    With K = 5 (notebook 4's instance) the pairs cannot all sit at the cap: the best-worst implicit margin is
+    4.28 nats, twice the cap 2.20, and the same for every beta (the problem in beta h has no beta), so the
+    policy ratio pi(best) / pi(worst) grows like exp(4.28 / beta) and min pi is ~1e-19 at beta = 0.1.
+    """
+    eps = 0.1
+    cap = math.log((1 - eps) / eps)
+    two_ref, two_reward = bandit.random_instance(6, 2, seed=1)
+    two = bandit.solve(two_ref, bandit.deterministic_preferences(two_reward), beta, label_smoothing=eps)
+    two_margin = bandit.implicit_reward(two.policy, two_ref, beta).diff(dim=-1).abs()
+    torch.testing.assert_close(two_margin, torch.full_like(two_margin, cap), atol=1e-10, rtol=0.0)
+
+    pi_ref, reward = bandit.random_instance(8, 5, seed=2, concentration=5.0)
+    result = bandit.solve(pi_ref, bandit.deterministic_preferences(reward), beta, label_smoothing=eps)
+    assert result.converged, result.message
+    implicit = bandit.implicit_reward(result.policy, pi_ref, beta)  # (C, K)
+    best_minus_worst = implicit.gather(-1, reward.argmax(-1, keepdim=True)) - implicit.gather(
+        -1, reward.argmin(-1, keepdim=True)
+    )
+    # Independently: on deterministic preferences the problem depends only on the ranks. Scores s_1 < ... < s_5
+    # minimize sum_{i > j} [-(1 - eps) log sigma(s_i - s_j) - eps log sigma(s_j - s_i)], by L-BFGS from scratch.
+    scores = torch.zeros(5, dtype=DTYPE, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [scores], max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+    )
+    above = torch.ones(5, 5, dtype=DTYPE).tril(-1)  # above[i, j] = 1 where response i is ranked above j
+
+    def closure():
+        optimizer.zero_grad()
+        gaps = scores[:, None] - scores[None, :]
+        value = (above * (-(1 - eps) * F.logsigmoid(gaps) - eps * F.logsigmoid(-gaps))).sum()
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    expected = (scores[4] - scores[0]).item()
+    torch.testing.assert_close(best_minus_worst, torch.full_like(best_minus_worst, expected), atol=1e-7, rtol=0)
+    assert (best_minus_worst > 1.9 * cap).all(), (best_minus_worst.min().item(), cap)
+    ordered = implicit.gather(-1, reward.argsort(-1))  # worst ... best
+    assert (ordered.diff(dim=-1) > 0).all() and (ordered.diff(dim=-1) < cap).all(), "neighbours stay below the cap"

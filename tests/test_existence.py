@@ -8,6 +8,7 @@ really keeps falling along the direction it names.
 """
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -163,3 +164,77 @@ def test_closed_forms_validate_their_inputs():
         bandit.cdpo_optimal_margin(preferences, 0.1, 1.0)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\)"):
         bandit.cdpo_optimal_margin(preferences[:, :2, :2], 0.5, 1.0)
+
+
+def test_disconnected_graph_has_a_minimizer_that_is_not_unique():
+    """{0, 1} and {2, 3} compared only within themselves, both ways: a minimizer exists (each part is strongly
+    connected) but is not unique (each part can be shifted as a whole), while Ford's condition as Ford stated it
+    (the whole win graph strongly connected, notebook 1 used to equate it with existence) fails."""
+    wins = torch.tensor([[[0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 3], [0, 0, 1, 0]]], dtype=DTYPE)
+    whole_graph = (wins[0] > 0) | torch.eye(4, dtype=torch.bool)
+    for _ in range(2):
+        whole_graph = (whole_graph.double() @ whole_graph.double()) > 0
+    assert not whole_graph.all(), "Ford's condition proper fails: 0 cannot reach 2"
+    assert bandit.has_finite_minimizer(wins).tolist() == [True] == _ford_by_brute_force(wins)
+    reward, result = bandit.fit_reward_model(wins)
+    assert result.converged, result.message
+    torch.testing.assert_close(
+        reward[0, 0] - reward[0, 1], torch.tensor(math.log(2.0), dtype=DTYPE), atol=1e-10, rtol=0
+    )
+    torch.testing.assert_close(
+        reward[0, 2] - reward[0, 3], torch.tensor(math.log(3.0), dtype=DTYPE), atol=1e-10, rtol=0
+    )
+
+    def loss(r: torch.Tensor) -> float:
+        return (-(wins * F.logsigmoid(r[:, :, None] - r[:, None, :])).sum() / wins.sum()).item()
+
+    for shift in (-5.0, 3.0, 40.0):
+        moved = reward + shift * torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=DTYPE)
+        assert abs(loss(moved) - loss(reward)) <= 1e-15, "shifting one part leaves the loss where it is"
+
+
+def _robust_unbounded_by_cuts(table: torch.Tensor, eps: float) -> tuple[bool, float]:
+    """Whether some set S of responses won more than 1 - eps of its comparisons with the rest; and the largest
+    such fraction. rDPO's recession slope along "raise S" is proportional to sum over crossing pairs of
+    (1 - eps) wins(rest over S) - eps wins(S over rest), negative exactly when S's win fraction exceeds 1 - eps."""
+    size = table.shape[0]
+    largest = 0.0
+    for mask in itertools.product([False, True], repeat=size):
+        inside = [i for i in range(size) if mask[i]]
+        outside = [j for j in range(size) if not mask[j]]
+        won = sum(table[i, j].item() for i in inside for j in outside)
+        lost = sum(table[j, i].item() for i in inside for j in outside)
+        if inside and outside and won + lost > 0:
+            largest = max(largest, won / (won + lost))
+    return largest > 1 - eps, largest
+
+
+def test_robust_loss_is_unbounded_exactly_when_a_set_wins_more_than_one_minus_eps():
+    """rDPO has no minimizer iff some set of responses won more than a fraction 1 - eps of its comparisons with
+    the rest (for K = 2: a pair's win rate above 1 - eps), not only on deterministic preferences (the docstring's
+    old claim). Checked against solve on 48 random count tables (cases within 0.03 of the threshold skipped),
+    and on notebook 4's Bradley-Terry population, where solve reports no finite minimizer at eps = 0.1."""
+    eps = 0.2
+    generator = torch.Generator().manual_seed(0)
+    outcomes = []
+    for trial in range(48):
+        size = 3 + trial % 2
+        wins = torch.randint(0, 6, (1, size, size), generator=generator).to(DTYPE) * (1 - torch.eye(size, dtype=DTYPE))
+        unbounded, largest = _robust_unbounded_by_cuts(wins[0], eps)
+        if wins.sum() == 0 or abs(largest - (1 - eps)) < 0.03:
+            continue
+        result = bandit.solve(
+            torch.full((1, size), 1.0 / size, dtype=DTYPE), wins, 1.0, loss="robust", label_smoothing=eps
+        )
+        assert result.converged == (not unbounded), (wins, largest, result.message)
+        if unbounded:
+            assert result.message.startswith("no finite minimizer"), result.message
+        outcomes.append(unbounded)
+    assert 8 <= sum(outcomes) <= len(outcomes) - 8, ("both kinds of table should be common", outcomes)
+
+    pi_ref, reward = bandit.random_instance(8, 5, seed=2, concentration=5.0)
+    preferences = bandit.bradley_terry(reward)
+    assert (preferences < 1).all(), "not deterministic"
+    assert any(_robust_unbounded_by_cuts(table, 0.1)[0] for table in preferences)
+    result = bandit.solve(pi_ref, preferences, 1.0, loss="robust", label_smoothing=0.1)
+    assert not result.converged and result.message.startswith("no finite minimizer"), result.message

@@ -366,3 +366,20 @@ def test_get_loss():
     assert get_loss("dpo") is dpo_loss and get_loss("ipo") is ipo_loss and get_loss("simpo") is simpo_loss
     with pytest.raises(ValueError, match=r"unknown loss 'dop'; expected one of \['dpo', 'hinge', 'ipo', 'robust'"):
         get_loss("dop")
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+@pytest.mark.parametrize(("eps", "win_rate"), [(0.1, 0.95), (0.1, 0.85), (0.3, 0.75), (0.3, 0.65)])
+def test_robust_slope_at_infinity_is_negative_exactly_beyond_one_minus_eps(beta, eps, win_rate):
+    """A pair won a fraction p of the time: far out (autograd at beta h = 60) p l(h) + (1 - p) l(-h) has the slope
+    beta ((1 - eps)(1 - p) - eps p) / (1 - 2 eps), negative (unbounded below) exactly when p > 1 - eps, p < 1 too."""
+    h = torch.tensor([60.0 / beta], dtype=DTYPE, requires_grad=True)
+    zero = torch.zeros(1, dtype=DTYPE)
+    pair_loss = (
+        win_rate * robust_loss(h, zero, zero, zero, beta=beta, label_smoothing=eps).losses
+        + (1 - win_rate) * robust_loss(-h, zero, zero, zero, beta=beta, label_smoothing=eps).losses
+    )
+    (slope,) = torch.autograd.grad(pair_loss.sum(), h)
+    expected = beta * ((1 - eps) * (1 - win_rate) - eps * win_rate) / (1 - 2 * eps)
+    assert abs(slope.item() - expected) <= 1e-12
+    assert (slope.item() < 0) == (win_rate > 1 - eps)
