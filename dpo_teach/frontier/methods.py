@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_teach.frontier.presets import TaskConfig
-from dpo_teach.frontier.task import SentimentTask
+from dpo_teach.frontier.task import STAGE_CHECKPOINTS, SentimentTask
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.dpo import train_dpo
 from dpo_teach.train.ppo import train_ppo
@@ -134,7 +134,7 @@ def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
         raise ValueError(f"method: unknown {method.method!r}; expected one of {sorted(TRAINERS)}")
     config, train = TRAINERS[method.method](task, method)
     config = dataclasses.replace(
-        config, **dict(method.overrides), save_every=eval_every(task.config, method), keep_checkpoints=1,
+        config, **dict(method.overrides), save_every=eval_every(task.config, method), **STAGE_CHECKPOINTS,
         progress_bar=task.progress_bar, resume=True,
     )  # fmt: skip
     return config, train

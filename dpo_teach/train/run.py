@@ -297,9 +297,14 @@ class TrainingRun:
             prune_checkpoints(self.accelerator, self.output_dir, config.keep_checkpoints)
 
     def finish(self) -> Path:
-        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it."""
+        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it; then, with
+        ``delete_checkpoints_at_end``, delete the run's checkpoints."""
         self._bar.close()
-        return save_final(self.accelerator, self.model, self.tokenizer, self.output_dir)
+        final = save_final(self.accelerator, self.model, self.tokenizer, self.output_dir)
+        if self.config.delete_checkpoints_at_end:
+            prune_checkpoints(self.accelerator, self.output_dir, keep=0)
+            self.accelerator.wait_for_everyone()
+        return final
 
     def _call_back(self, step: int) -> None:
         metrics = {}
