@@ -4,7 +4,8 @@ The dry run of the frontier (``dpo_teach.frontier.dry_run``) and the GPU check (
 measure with it; ``dpo_teach.gpus`` turns the measurements into GPU time.
 
 - **FLOPs are counted, not estimated**: ``torch.utils.flop_counter.FlopCounterMode`` sees every matrix
-  multiply and attention op that runs, forward and backward, and adds up 2 FLOPs per multiply-add. Element-wise
+  multiply and attention op that runs, forward and backward, and adds up 2 FLOPs per multiply-add (the CPU's fused
+  attention kernel, which torch's table lacks, with the formula of the CUDA ones: :data:`CPU_ATTENTION`). Element-wise
   ops, softmax, layer norms and the optimizer's update are not counted (memory-bound, and together well
   under 1% of a transformer's FLOPs). Generation is counted as it runs: with the KV cache, each new token
   costs one token's forward pass. The counts are also split by model (the class name of each root module:
@@ -27,7 +28,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
+"""FLOP formulas for the CPU's fused attention kernel, which torch's counter does not know (it would count 0): the
+formulas torch uses for the CUDA attention kernels, the same arithmetic (scores and values, forward and backward)."""
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A silent FlopCounterMode that also counts the CPU's fused attention (:data:`CPU_ATTENTION`)."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -104,7 +129,7 @@ class Meter:
         self.device = torch.device(device)
         self.marks: list[dict] = []
         self.seconds = 0.0
-        self._counter = FlopCounterMode(display=False)
+        self._counter = flop_counter_mode()
         self._started = 0.0
 
     def __enter__(self) -> Meter:
@@ -164,7 +189,7 @@ class StepFlops:
 
     def __call__(self, step: int, model: torch.nn.Module) -> None:
         if step == self.step - 1:
-            self._counter = FlopCounterMode(display=False)
+            self._counter = flop_counter_mode()
             self._counter.__enter__()
         elif step == self.step and self._counter is not None:
             self._counter.__exit__(None, None, None)

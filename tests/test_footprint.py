@@ -70,3 +70,17 @@ def test_gpu_time_is_flops_over_the_peak_at_the_stated_utilization():
     assert gpus.sampling_floor_seconds(4 * 774e6, 48, a100) == pytest.approx(48 * 4 * 774e6 / 2.039e12)
     assert gpus.fits(70 * 2**30, a100) and not gpus.fits(75 * 2**30, a100)  # 90% of 80 GiB is 72 GiB
     assert gpus.find_gpu("NVIDIA A100-SXM4-80GB") is a100 and gpus.find_gpu("Tesla T4") is None
+
+
+def test_attention_is_counted_on_the_cpu_in_training_too():
+    """With gradients, the CPU runs attention as one fused kernel that torch's counter does not know: its FLOPs are
+    counted as the math path's two batched multiplies forward (4 T^2 d) and their backward (twice that, plus the
+    recomputed scores: 10 T^2 d in torch's formula)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=256, attn_pdrop=0.0))
+    tokens = torch.randint(0, 64, (1, 256))
+    with Meter() as with_grad:
+        model(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits.sum().backward()
+    projections = 3 * (2 * 256 * (12 * 32**2 + 32 * 64))  # forward and backward of the linear layers and LM head
+    assert with_grad.flops == projections + (4 + 10) * 256**2 * 32
