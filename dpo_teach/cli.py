@@ -16,12 +16,14 @@ train with ``dpo_teach.train`` (run them under ``accelerate launch`` for several
 times a DPO step of this trainer (online and precomputed reference) against a bare PyTorch step and,
 when ``trl`` is installed, TRL's DPOTrainer, on the same tiny GPT-2 and batches (``dpo_teach.bench``).
 
-    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick]
+    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick | --dry-run]
 
 runs the reward-KL frontier of the DPO paper (Fig. 2 left, ``dpo_teach.frontier``): SFT, preference
 pairs, DPO at several beta, PPO with the ground-truth reward and with a reward model, Preferred-FT and
 Unlikelihood, each evaluated every few steps. Writes ``DIR/results.csv`` and ``DIR/frontier.png`` and
-prints a summary; an interrupted sweep continues where it stopped when run again.
+prints a summary; an interrupted sweep continues where it stopped when run again. With ``--dry-run`` it runs
+every stage at the preset's shapes for a step instead, measures each, and prints the GPU bill of the whole
+sweep (``dpo_teach.frontier.dry_run``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    from dpo_teach.frontier.bill import format_report
+    from dpo_teach.frontier.dry_run import run_dry_run
+    from dpo_teach.frontier.presets import preset
+
+    if args.quick:
+        raise SystemExit("dpo-teach frontier: --dry-run runs the preset's own shapes; drop --quick")
+    out = Path(args.out or f"runs/frontier-{args.preset}-dry-run")
+    report = run_dry_run(preset(args.preset), out)
+    print(f"\n{format_report(report)}\n\nwrote {out / 'dry_run.json'}")
+    return 0
+
+
 def _frontier(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     # imported here so that `dpo-teach bandit` does not pay for importing transformers
     from dpo_teach.frontier import processes
     from dpo_teach.frontier.presets import preset, quick
@@ -193,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     frontier_parser.add_argument(
         "--quick", action="store_true", help="shrink every size: the whole sweep in minutes, for CI and smoke tests"
     )
+    frontier_parser.add_argument(
+        "--dry-run", action="store_true",
+        help="run every stage at the preset's shapes for a step, each in its own process, measuring time, peak "
+        "memory, FLOPs and disk, and print the GPU bill of the whole sweep (OUT/dry_run.json; default OUT "
+        "runs/frontier-PRESET-dry-run)",
+    )  # fmt: skip
     frontier_parser.set_defaults(handler=_frontier)
     return parser
 
