@@ -121,8 +121,8 @@ def _gpu_check(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from dpo_teach.frontier.bill import format_report
     from dpo_teach.frontier.dry_run import run_dry_run
+    from dpo_teach.frontier.dry_run_report import format_report
     from dpo_teach.frontier.presets import preset
 
     if args.quick:

@@ -15,8 +15,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForS
 
 from dpo_teach import cli, gpus
 from dpo_teach.frontier import dry_run as dry_run_module
-from dpo_teach.frontier.bill import format_report
 from dpo_teach.frontier.dry_run import DryRunConfig, make_plan, run_dry_run, stage_names
+from dpo_teach.frontier.dry_run_report import format_report
 from dpo_teach.frontier.presets import preset
 from dpo_teach.frontier.standins import CLASSIFIER_ARCHITECTURES, POLICY_ARCHITECTURES
 

@@ -6,10 +6,12 @@ sweep is those units times the preset's counts: its steps, prompts, pairs, runs 
 evaluations (``evaluation_steps``). Three kinds of figure come out, each labelled where it is shown:
 
 - *measured here*: wall time, peak memory, disk and counted FLOPs of the units, on the machine of the report;
-- *derived*: units the dry run does not run, from ones it does, by a stated rule: a held-out evaluation is a
-  forward pass, a third of a training step's FLOPs for the same rows (a matrix multiply's backward is two
-  multiplies of its size); Preferred-FT's step is DPO's on the chosen half of the rows, Unlikelihood's is DPO's;
-  PPO with the ground-truth reward is PPO-RM's step with the classifier in place of the reward model;
+- *derived*: units the dry run does not run, from ones it does, by a stated rule: the trainers' held-out
+  evaluations are forward passes, priced at the reference pass's measured forward per pair (DPO, Preferred-FT,
+  Unlikelihood) or at a third of a training step's FLOPs for the same rows (SFT, reward model: a matrix multiply's
+  backward is two multiplies of its size; attention's is 2.5, so this errs high by a few percent); Preferred-FT's
+  step is DPO's on the chosen half of the rows, Unlikelihood's is DPO's; PPO with the ground-truth reward is
+  PPO-RM's step with the classifier in place of the reward model;
 - *extrapolated*: GPU hours, the counted FLOPs at ``gpus.MFU`` of a datasheet's bf16 peak, and for sampling at
   least the time to read the weights once per new token (``gpus.sampling_floor_seconds``); "fits" compares the
   measured peak (float32 here: the same weights, gradients and optimizer state as bf16 autocast on a GPU, and
@@ -112,7 +114,6 @@ def gpu_bill(config: TaskConfig, report: dict) -> dict:
     train_pairs, eval_pairs = per_prompt * (prompts - held_out_prompts), per_prompt * held_out_prompts
     parameters, new_tokens = plan["policy_parameters"], config.sampling.max_new_tokens
     sampling_batches = math.ceil(prompts * config.samples_per_prompt / config.sampling.batch_size)
-    dpo_pair = units["dpo_step"]["flops"] / config.dpo.batch_size
     rows = []
 
     sft, sft_row = config.sft, units["sft_row"]["flops"]
@@ -141,19 +142,20 @@ def gpu_bill(config: TaskConfig, report: dict) -> dict:
         (train_pairs + eval_pairs) * units["reference_pair"]["flops"], stages["dpo"]["peak_memory_bytes"],
         "as DPO",
     ))  # fmt: skip
+    held_out = "held-out pairs: the reference pass's measured forward per pair"
     for method, label, share, derived in (
-        ("dpo", "DPO", 1.0, ""), ("preferred-ft", "Preferred-FT", 0.5, "DPO's step on the chosen half of its rows"),
-        ("unlikelihood", "Unlikelihood", 1.0, "DPO's step (the same rows, no reference)"),
+        ("dpo", "DPO", 1.0, held_out),
+        ("preferred-ft", "Preferred-FT", 0.5, f"DPO's step and {held_out}, on the chosen half of the rows"),
+        ("unlikelihood", "Unlikelihood", 1.0, f"DPO's step (the same rows, no reference); {held_out}"),
     ):  # fmt: skip
         configs = [trainer_config for run, trainer_config in runs.values() if run.method == method]
         steps = sum(trainer_config.max_steps for trainer_config in configs)
         evals = sum(_evaluations(c.eval_every, c.max_steps) for c in configs) * eval_pairs
-        flops = share * (steps * units["dpo_step"]["flops"] + evals * FORWARD_SHARE * dpo_pair)
+        flops = share * (steps * units["dpo_step"]["flops"] + evals * units["reference_pair"]["flops"])
         rows.append(_row(
             label, f"{len(configs)} run(s) x {configs[0].max_steps:,} steps x {configs[0].batch_size} pairs; "
-            f"{evals:,} held-out pairs", flops,
-            stages["dpo"]["peak_memory_bytes"], f"{_per_micro_batch(plan['dpo'])} pairs per "
-            f"micro-batch, {configs[0].optimizer}", derived or "held-out pairs: forward = 1/3 of a step's pair",
+            f"{evals:,} held-out pairs", flops, stages["dpo"]["peak_memory_bytes"],
+            f"{_per_micro_batch(plan['dpo'])} pairs per micro-batch, {configs[0].optimizer}", derived,
         ))  # fmt: skip
     ppo = stages["ppo"]
     depth = (f"extrapolated from {ppo['extrapolated_from_layers'][0]} and {ppo['extrapolated_from_layers'][1]} "
@@ -206,78 +208,3 @@ def disk_budget(config: TaskConfig, report: dict, runs: dict) -> dict:
     largest = max(checkpoints.values())
     return {"kept_bytes": kept, "total_kept_bytes": sum(kept.values()), "checkpoint_bytes": checkpoints,
             "budget_bytes": sum(kept.values()) + 2 * largest}  # fmt: skip
-
-
-def _what_ran(label: str, stage: dict, plan: dict) -> str:
-    """What a dry-run stage did, in words, from the plan."""
-    sft, dpo, rm, ppo = plan["sft"], plan["dpo"], plan["reward_model"], plan["ppo"]
-    if label.startswith("ppo"):
-        layers = stage.get("layers", plan["policy_layers"])
-        extrapolated = stage.get("extrapolated_from_layers")
-        where = f"{layers} of {plan['policy_layers']} layers"
-        where = f"extrapolated from {extrapolated} layers" if extrapolated else where
-        return (f"{ppo['steps']} PPO-RM step(s): {ppo['rollouts']} rollouts x {plan['max_new_tokens']} tokens, "
-                f"{ppo['epochs']} epochs x {ppo['minibatches']} minibatches; {where}")  # fmt: skip
-    return {
-        "stand-ins": "the Hub models, tokenizer and IMDb stand-ins built here (not priced)",
-        "sft": f"{sft['steps']} step(s) of {sft['rows']} reviews x {sft['max_length']} tokens, {sft['micro_batches']} "
-        "micro-batches",
-        "pairs": f"{plan['pair_prompts']} prompts x {plan['samples_per_prompt']} samples x {plan['max_new_tokens']} "
-        "tokens, scored",
-        "reward-model": f"{len(stage.get('steps', []))} step(s) of {rm['pairs']} pairs, {rm['micro_batches']} "
-        "micro-batches",
-        "dpo": f"reference log-probs of {stage.get('reference_pairs')} pairs; {len(stage.get('steps', []))} step(s) of "
-        f"{dpo['pairs']} pairs, {dpo['micro_batches']} micro-batches",
-        "evaluation": f"{plan['eval_prompts']} held-out prompts: a sample each, KL to pi_ref, reward",
-    }[label]
-
-
-def format_report(report: dict) -> str:
-    """The measured stages, the bill of the whole sweep and the disk budget, as the command prints them."""
-    machine, plan, bill = report["machine"], report["plan"], report["bill"]
-    gib = 2**30
-    precision = "float32" if plan["precision"] == "no" else plan["precision"]
-    lines = [
-        f"dry run of the {report['preset']} preset, measured on {machine['cpu']} ({machine['cores']} cores, "
-        f"{plan['threads']} torch threads, device {machine['device']}, {precision}); "
-        f"memory: {report['stages']['sft']['memory']}; FLOPs counted by torch's FlopCounterMode",
-        "",
-        f"{'stage':16}{'wall s':>8}{'peak GiB':>10}{'TFLOP':>10}{'disk GiB peak/kept':>20}  what ran, at the preset's "
-        "shapes",
-    ]
-    for label, stage in report["stages"].items():
-        if label == "ppo" and not stage.get("extrapolated_from_layers"):
-            continue  # measured at full depth: its own line is above
-        name = f"ppo ({plan['policy_layers']} layers)" if label == "ppo" else label
-        lines.append(
-            f"{name:16}{stage['seconds']:8.0f}{stage['peak_memory_bytes'] / gib:10.1f}{stage['flops'] / 1e12:10.2f}"
-            f"{stage['disk_peak_bytes'] / gib:11.2f} /{stage['disk_kept_bytes'] / gib:6.2f}  "
-            f"{_what_ran(label, stage, plan)}"
-        )
-    lines += [
-        "",
-        f"GPU bill of the whole {report['preset']} sweep: counted FLOPs at {bill['mfu']:.0%} of the bf16 peak "
-        "(A100 312, H100 989 TFLOP/s), sampling no faster than one weight read per token (extrapolated)",
-        f"{'stage':22}{'PFLOP':>10}{'A100 h':>9}{'H100 h':>9}{'peak GiB':>10}  fits one 80 GB GPU",
-    ]
-    for row in bill["rows"]:
-        peak = row["peak_memory_bytes"]
-        fits = "yes" if row["fits_80gb"] else "no"
-        floor = " (weight-read bound)" if row["sampling_floor_hours"]["A100"] >= row["hours"]["A100"] > 0 else ""
-        lines.append(
-            f"{row['stage']:22}{row['flops'] / 1e15:10.1f}{row['hours']['A100']:9.2f}{row['hours']['H100']:9.2f}"
-            f"{peak / gib:10.1f}  {fits}, {row['fits_with']}{floor}"
-        )
-        lines.append(f"{'':22}  {row['work']}" + (f"; derived: {row['derived']}" if row["derived"] else ""))
-    disk = bill["disk"]
-    lines += [
-        f"{'total':22}{bill['total_flops'] / 1e15:10.1f}{bill['total_hours']['A100']:9.1f}"
-        f"{bill['total_hours']['H100']:9.1f}",
-        "",
-        f"disk of the sweep (from the measured stage sizes): {disk['total_kept_bytes'] / gib:.0f} GiB kept when done "
-        f"(final weights of every run, SFT, reward model, pairs) + 2 x "
-        f"{max(disk['checkpoint_bytes'].values()) / gib:.0f} GiB while the largest checkpoint is rewritten = "
-        f"{disk['budget_bytes'] / gib:.0f} GiB at most",
-        f"this invocation: {report['seconds_this_invocation']:.0f} s",
-    ]
-    return "\n".join(lines)
