@@ -101,7 +101,8 @@ def _row(stage: str, work: str, flops: float, peak: float | None, fits_with: str
         hours[key] = max(gpus.compute_seconds(flops, gpu) / 3600, floor[key])
     fits = None if peak is None else gpus.fits(peak, gpus.GPUS["A100"])
     return {"stage": stage, "work": work, "flops": flops, "hours": hours, "sampling_floor_hours": floor,
-            "peak_memory_bytes": peak, "fits_80gb": fits, "fits_with": fits_with, "derived": derived}  # fmt: skip
+            "token_steps": token_steps, "peak_memory_bytes": peak, "fits_80gb": fits, "fits_with": fits_with,
+            "derived": derived}  # fmt: skip
 
 
 def gpu_bill(config: TaskConfig, report: dict) -> dict:

@@ -80,6 +80,9 @@ def format_bill(report: dict) -> str:
     lines += [
         f"{'total':22}{bill['total_flops'] / 1e15:10.1f}{bill['total_hours']['A100']:9.1f}"
         f"{bill['total_hours']['H100']:9.1f}",
+        f"not in these hours: the per-token overhead of generate (kernel launches, Python), for "
+        f"{sum(row['token_steps'] for row in bill['rows']):,.0f} sampled token steps (batches x new tokens); "
+        "make gpu-check measures it (ms per token step)",
         "",
         f"disk of the sweep (from the measured stage sizes): {disk['total_kept_bytes'] / GIB:.0f} GiB kept when done "
         f"(final weights of every run, SFT, reward model, pairs) + 2 x "
