@@ -163,9 +163,10 @@ def gpu_bill(config: TaskConfig, report: dict) -> dict:
              "layers" if ppo["extrapolated_from_layers"] else "")  # fmt: skip
     gt_step = units["ppo_step"]["flops"] - units["ppo_step"]["reward_model_flops"]
     gt_step += config.ppo.batch_size * units["reward_per_text"]["flops"]
+    ground_truth = "PPO-RM's step with the ground-truth reward's scoring in place of the reward model's"
     for method, label, step, derived in (
         ("ppo-rm", "PPO-RM", units["ppo_step"]["flops"], depth),
-        ("ppo-gt", "PPO-GT", gt_step, "PPO-RM's step with the classifier as reward" + (f"; {depth}" if depth else "")),
+        ("ppo-gt", "PPO-GT", gt_step, ground_truth + (f"; {depth}" if depth else "")),
     ):  # fmt: skip
         configs = [trainer_config for run, trainer_config in runs.values() if run.method == method]
         steps = sum(trainer_config.max_steps for trainer_config in configs)

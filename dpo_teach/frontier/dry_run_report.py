@@ -10,6 +10,11 @@ from __future__ import annotations
 GIB = 2**30
 
 
+def _number(value: float, width: int) -> str:
+    """``value`` right-aligned in ``width``: one decimal from 1 up, three significant digits below (tiny presets)."""
+    return f"{value:{width},.1f}" if value >= 1 or value == 0 else f"{value:{width}.3g}"
+
+
 def _what_ran(label: str, stage: dict, plan: dict) -> str:
     """What a dry-run stage did, in words, from the plan."""
     sft, dpo, rm, ppo = plan["sft"], plan["dpo"], plan["reward_model"], plan["ppo"]
@@ -51,7 +56,8 @@ def format_measured(report: dict) -> str:
             continue  # measured at full depth: its own line is above
         name = f"ppo ({plan['policy_layers']} layers)" if label == "ppo" else label
         lines.append(
-            f"{name:16}{stage['seconds']:8.0f}{stage['peak_memory_bytes'] / GIB:10.1f}{stage['flops'] / 1e12:10.2f}"
+            f"{name:16}{stage['seconds']:8.0f}{stage['peak_memory_bytes'] / GIB:10.1f}"
+            f"{_number(stage['flops'] / 1e12, 10)}"
             f"{stage['disk_peak_bytes'] / GIB:11.2f} /{stage['disk_kept_bytes'] / GIB:6.2f}  "
             f"{_what_ran(label, stage, plan)}"
         )
@@ -72,14 +78,15 @@ def format_bill(report: dict) -> str:
         fits = "yes" if row["fits_80gb"] else "no"
         floor = " (weight-read bound)" if row["sampling_floor_hours"]["A100"] >= row["hours"]["A100"] > 0 else ""
         lines.append(
-            f"{row['stage']:22}{row['flops'] / 1e15:10.1f}{row['hours']['A100']:9.2f}{row['hours']['H100']:9.2f}"
+            f"{row['stage']:22}{_number(row['flops'] / 1e15, 10)}{_number(row['hours']['A100'], 9)}"
+            f"{_number(row['hours']['H100'], 9)}"
             f"{peak / GIB:10.1f}  {fits}, {row['fits_with']}{floor}"
         )
         lines.append(f"{'':22}  {row['work']}" + (f"; derived: {row['derived']}" if row["derived"] else ""))
     disk = bill["disk"]
     lines += [
-        f"{'total':22}{bill['total_flops'] / 1e15:10.1f}{bill['total_hours']['A100']:9.1f}"
-        f"{bill['total_hours']['H100']:9.1f}",
+        f"{'total':22}{_number(bill['total_flops'] / 1e15, 10)}{_number(bill['total_hours']['A100'], 9)}"
+        f"{_number(bill['total_hours']['H100'], 9)}",
         f"not in these hours: the per-token overhead of generate (kernel launches, Python), for "
         f"{sum(row['token_steps'] for row in bill['rows']):,.0f} sampled token steps (batches x new tokens); "
         "make gpu-check measures it (ms per token step)",
