@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: install demo test lint lab notebooks browser-check clean
+.PHONY: install demo test lint lab notebooks browser-check gpu-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(INSTALLED)
 # DPO_TEACH_CI=1: notebooks 5-7 train at the quick size in CI; their committed outputs are the full size's
 test: lint
 	DPO_TEACH_CI=1 $(BIN)/pytest
+
+# On a CUDA GPU: the bench at gpt2-large size in bf16, 50 DPO steps of the paper preset, sampling (README)
+gpu-check: $(INSTALLED)
+	$(BIN)/dpo-teach gpu-check --out $(OUT)/gpu-check
 
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab notebooks

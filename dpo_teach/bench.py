@@ -1,7 +1,8 @@
 """``dpo-teach bench``: milliseconds per DPO step of this trainer, next to a bare PyTorch step and TRL.
 
 A tiny GPT-2 (4 layers, 256 wide, a byte-level BPE tokenizer trained here on seeded synthetic
-reviews) is saved once; every variant loads those weights and trains, in fp32 with AdamW, on the
+reviews) is saved once; every variant loads those weights and trains, in fp32 (or under bf16 autocast:
+``mixed_precision``, as ``dpo-teach gpu-check`` runs it at gpt2-large's shape) with AdamW, on the
 same batches in the same order (``dpo_teach.train.loop.micro_batch_indices``):
 
 - ``online``: ``train_dpo`` with a frozen reference copy next to the policy;
@@ -81,7 +82,12 @@ class BenchConfig:
     n_embd: int = 256
     n_head: int = 4
     vocab_size: int = 4096
-    """Vocabulary the BPE tokenizer is trained to; the model's is the size it reaches."""
+    """Vocabulary the BPE tokenizer is trained to; the model's is the size it reaches (or ``model_vocab_size``)."""
+    model_vocab_size: int = 0
+    """Rows of the model's embedding; 0: the tokenizer's size. GPT-2's 50,257 gives its real LM head."""
+    mixed_precision: str = "no"
+    """'no' (fp32) or 'bf16': autocast in every variant (ours through accelerate, bare through torch.autocast, TRL's
+    bf16 flag); the weights and the optimizer stay fp32."""
     num_pairs: int = 256
     max_length: int = 128
     """Longest prompt + completion in tokens; the synthetic pairs stay below it, so nothing is truncated."""
@@ -152,8 +158,8 @@ def build_workspace(config: BenchConfig, workspace: Path) -> dict:
     tokenizer = train_tokenizer(texts, config.vocab_size)
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.max_length, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=max(len(tokenizer), config.model_vocab_size), n_positions=config.max_length, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))  # fmt: skip
     bars = logging.is_progress_bar_enabled()
@@ -164,7 +170,10 @@ def build_workspace(config: BenchConfig, workspace: Path) -> dict:
         logging.enable_progress_bar()
     (workspace / "pairs.json").write_text(json.dumps(pairs))
     (workspace / "config.json").write_text(json.dumps(asdict(config)))
-    return {"vocab_size": len(tokenizer), "parameters": sum(parameter.numel() for parameter in model.parameters())}
+    return {
+        "vocab_size": model.config.vocab_size,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+    }
 
 
 def _dpo_config(config: BenchConfig, output_dir: Path, precompute_ref: bool) -> DPOConfig:
@@ -174,6 +183,7 @@ def _dpo_config(config: BenchConfig, output_dir: Path, precompute_ref: bool) -> 
         learning_rate=config.learning_rate, optimizer="adamw", warmup_steps=0, max_grad_norm=MAX_GRAD_NORM,
         max_length=config.max_length, max_prompt_length=config.max_prompt_length, beta=config.beta,
         seed=config.seed, eval_every=0, save_every=0, precompute_ref=precompute_ref, progress_bar=False, resume=False,
+        mixed_precision=config.mixed_precision,
     )  # fmt: skip
 
 
@@ -219,15 +229,18 @@ def run_bare(config: BenchConfig, workspace: Path, output_dir: Path) -> dict:
     policy = policy.to(device)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    bf16 = config.mixed_precision == "bf16"
     step_seconds, records = [], []
     for indices in _step_order(_dpo_config(config, output_dir, precompute_ref=False), len(examples)):
         started = time.perf_counter()
         policy.train()
         batch = collate_preference([examples[i] for i in indices], tokenizer.pad_token_id)
         input_ids, attention_mask, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
-        policy_logps = _naive_logps(policy(input_ids=input_ids, attention_mask=attention_mask).logits, labels)  # (2B,)
-        with torch.no_grad():
-            ref_logps = _naive_logps(reference(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # log-probs in fp32, as ours
+            policy_logits = policy(input_ids=input_ids, attention_mask=attention_mask).logits.float()  # (2B, T, V)
+            with torch.no_grad():
+                reference_logits = reference(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        policy_logps, ref_logps = _naive_logps(policy_logits, labels), _naive_logps(reference_logits, labels)  # (2B,)
         policy_chosen_logps, policy_rejected_logps = policy_logps.chunk(2)  # (B,) each
         ref_chosen_logps, ref_rejected_logps = ref_logps.chunk(2)
         # DPO Eq. 7: -log sigma(beta * [log pi(y_w|x)/pi_ref(y_w|x) - log pi(y_l|x)/pi_ref(y_l|x)])
@@ -271,7 +284,8 @@ def run_trl(config: BenchConfig, workspace: Path, output_dir: Path) -> dict:
     args = trl.DPOConfig(
         output_dir=str(output_dir), per_device_train_batch_size=config.batch_size, max_steps=dpo_config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0,
-        max_grad_norm=MAX_GRAD_NORM, beta=config.beta, max_length=config.max_length, bf16=False, fp16=False,
+        max_grad_norm=MAX_GRAD_NORM, beta=config.beta, max_length=config.max_length,
+        bf16=config.mixed_precision == "bf16", fp16=False,
         gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), train_sampling_strategy="sequential",
         save_strategy="no", eval_strategy="no", logging_steps=1, report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, seed=config.seed,
@@ -374,10 +388,11 @@ def format_report(summary: dict) -> str:
     """The machine, the table, the first-step check and the targets, as ``dpo-teach bench`` prints them."""
     config, machine, variants, model = summary["config"], summary["machine"], summary["variants"], summary["model"]
     versions = ", ".join(f"{name} {number}" for name, number in machine["versions"].items())
+    precision = "bf16 autocast" if config.get("mixed_precision") == "bf16" else "fp32"
     lines = [
         f"dpo-teach bench: GPT-2 {config['n_layer']} layers x {config['n_embd']} wide, vocabulary "
         f"{model['vocab_size']}, {model['parameters'] / 1e6:.2f}M parameters; {config['batch_size']} pairs per step, "
-        "fp32, AdamW",
+        f"{precision}, AdamW",
         f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s), "
         f"device {machine['device']}; {versions}",
         f"each variant in its own process, {config['rounds']} round(s) in rotated order, {config['warmup']} warm-up "

@@ -16,13 +16,20 @@ train with ``dpo_teach.train`` (run them under ``accelerate launch`` for several
 times a DPO step of this trainer (online and precomputed reference) against a bare PyTorch step and,
 when ``trl`` is installed, TRL's DPOTrainer, on the same tiny GPT-2 and batches (``dpo_teach.bench``).
 
-    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick] [--replace]
+    dpo-teach gpu-check [--size paper|tiny] [--device cuda|cpu] [--out DIR]
+
+on a CUDA GPU, measures the bench at gpt2-large size in bf16, 50 DPO steps of the paper preset and sampling
+(``dpo_teach.gpu_check``); without one it says so and exits 0.
+
+    dpo-teach frontier [--preset tiny|gpt2|paper] [--out DIR] [--quick] [--replace] [--seeds K] [--dry-run]
 
 runs the reward-KL frontier of the DPO paper (Fig. 2 left, ``dpo_teach.frontier``): SFT, preference
 pairs, DPO at several beta, PPO with the ground-truth reward and with a reward model, Preferred-FT and
 Unlikelihood, each evaluated every few steps. Writes ``DIR/results.csv`` and ``DIR/frontier.png`` and
 prints a summary; an interrupted sweep continues where it stopped when run again. A directory holding a
-sweep of other settings is refused, naming them, unless ``--replace`` is given.
+sweep of other settings is refused, naming them, unless ``--replace`` is given. With ``--dry-run`` it runs
+every stage at the preset's shapes for a step instead, measures each, and prints the GPU bill of the whole
+sweep (``dpo_teach.frontier.dry_run``).
 
 Every command prints the project's own errors (``dpo_teach.errors``: bad data, config or options, a
 run directory it will not continue, a full disk) as one line saying what to change, and exits with 2
@@ -112,7 +119,34 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_check(args: argparse.Namespace) -> int:
+    # imported here so that the other commands do not pay for it
+    from dpo_teach import gpu_check
+
+    report = gpu_check.run_gpu_check(args.size, args.device, Path(args.out) if args.out else None)
+    if report is not None:
+        print(f"\n{gpu_check.format_report(report)}")
+        if args.out:
+            print(f"wrote {Path(args.out) / 'gpu_check.json'}")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from dpo_teach.frontier.dry_run import run_dry_run
+    from dpo_teach.frontier.dry_run_report import format_report
+    from dpo_teach.frontier.presets import preset
+
+    if args.quick:
+        raise SystemExit("dpo-teach frontier: --dry-run runs the preset's own shapes; drop --quick")
+    out = Path(args.out or f"runs/frontier-{args.preset}-dry-run")
+    report = run_dry_run(preset(args.preset), out)
+    print(f"\n{format_report(report)}\n\nwrote {out / 'dry_run.json'}")
+    return 0
+
+
 def _frontier(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     # imported here so that `dpo-teach bandit` does not pay for importing transformers
     from dpo_teach.frontier import processes, report, statistics
     from dpo_teach.frontier.presets import preset, quick
@@ -238,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (seconds per variant)")
     bench_parser.add_argument("--out", default=None, help="also write DIR/bench.json, with every step's time")
     bench_parser.set_defaults(handler=_bench)
+    check_parser = commands.add_parser(
+        "gpu-check",
+        help="on a CUDA GPU: the bench at gpt2-large size in bf16, 50 DPO steps of the paper preset, sampling speed",
+        description="Measure one CUDA GPU with the paper preset in a few minutes: the bench (this trainer vs a bare "
+        "PyTorch step vs TRL) at gpt2-large's shape in bf16, 50 DPO steps of the paper preset on random-weight "
+        "stand-ins (ms/step, tokens/s, MFU, peak memory) and one batch of sampling. Without a CUDA GPU it says so, "
+        "measures nothing and exits 0.",
+    )
+    check_parser.add_argument("--size", default="paper", choices=["paper", "tiny"], help="paper (default) or tiny")
+    check_parser.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"],
+        help="cuda (default); cpu runs the same code on a machine without a GPU (with --size tiny: the tests)",
+    )  # fmt: skip
+    check_parser.add_argument("--out", default=None, help="also write OUT/gpu_check.json (metrics for scripts)")
+    check_parser.set_defaults(handler=_gpu_check)
     frontier_parser = commands.add_parser(
         "frontier",
         help="the DPO paper's reward-KL frontier: DPO, PPO and the baselines on the sentiment task",
@@ -264,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute (deleting them) the stages of OUT that were made with other settings; without it such a "
         "directory is refused, naming the settings that differ, and nothing in it changes",
     )
+    frontier_parser.add_argument(
+        "--dry-run", action="store_true",
+        help="run every stage at the preset's shapes for a step, each in its own process, measuring time, peak "
+        "memory, FLOPs and disk, and print the GPU bill of the whole sweep (OUT/dry_run.json; default OUT "
+        "runs/frontier-PRESET-dry-run)",
+    )  # fmt: skip
     frontier_parser.set_defaults(handler=_frontier)
     for command_parser in commands.choices.values():
         command_parser.add_argument(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_teach.frontier.presets import TaskConfig
-from dpo_teach.frontier.task import SentimentTask
+from dpo_teach.frontier.task import STAGE_CHECKPOINTS, SentimentTask
 from dpo_teach.train.config import TrainConfig
 from dpo_teach.train.dpo import train_dpo
 from dpo_teach.train.ppo import train_ppo
@@ -163,6 +163,6 @@ def trainer(task: SentimentTask, method: Method) -> tuple[TrainConfig, Train]:
         config = dataclasses.replace(config, max_steps=max(1, round(pairs / config.batch_size)))
     config = dataclasses.replace(
         config, **dict(method.overrides), seed=method.seed, save_every=eval_every(task.config, method),
-        keep_checkpoints=1, progress_bar=task.progress_bar, resume=True,
+        **STAGE_CHECKPOINTS, progress_bar=task.progress_bar, resume=True,
     )  # fmt: skip
     return config, train

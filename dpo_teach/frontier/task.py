@@ -40,6 +40,11 @@ from dpo_teach.train.reward_model import train_reward_model
 from dpo_teach.train.run import make_accelerator
 from dpo_teach.train.sft import train_sft
 
+STAGE_CHECKPOINTS = {"keep_checkpoints": 1, "delete_checkpoints_at_end": True}
+"""Checkpoints of every trainer the frontier runs (its stages and its methods): the newest one, to resume an interrupted
+stage from, deleted once the stage's final weights are written. A finished stage is never resumed (changed inputs
+start it afresh), so a paper-preset sweep keeps final weights only (README: disk)."""
+
 HELD_OUT_PAIR_FRACTION = 0.05
 """The first 5% of the pair prompts are held out: every pair whose prompt text is one of theirs goes to DPO's
 evaluation (loss, reward accuracy, margins). Short prefixes repeat, so the held-out share of pairs is larger."""
@@ -180,7 +185,9 @@ class SentimentTask:
             model = load_causal_lm(config.model) if config.model else tiny_gpt2(self.tokenizer, config.shape)
             train = [{"text": review.text} for review in self.corpus["train"]]
             held_out = [{"text": review.text} for review in self.corpus["test"][: config.sft_eval_reviews]]
-            sft = dataclasses.replace(config.sft, output_dir=str(stage.directory), progress_bar=self.progress_bar)
+            sft = dataclasses.replace(
+                config.sft, output_dir=str(stage.directory), progress_bar=self.progress_bar, **STAGE_CHECKPOINTS
+            )
             train_sft(sft, model, self.tokenizer, train, held_out, accelerator=self.accelerator)
             stage.finish()
         return stage.directory / "final"
@@ -288,7 +295,7 @@ class SentimentTask:
             stage.start()
             config = dataclasses.replace(
                 self.config.reward_model, model=str(self.sft_policy()), output_dir=str(stage.directory),
-                progress_bar=self.progress_bar,
+                progress_bar=self.progress_bar, **STAGE_CHECKPOINTS,
             )  # fmt: skip  # the trainer loads the SFT policy with a new score head, seeded by config.seed
             final = train_reward_model(config, None, self.tokenizer, str(train_path), str(eval_path), self.accelerator)
             scores = self._reward_model_reader(final)([row["prompt"] + row["completion"] for row in self.sft_samples()])

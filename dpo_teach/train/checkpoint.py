@@ -125,10 +125,11 @@ def save_final(accelerator: Accelerator, model, tokenizer, output_dir: str | Pat
 
 
 def prune_checkpoints(accelerator: Accelerator, output_dir: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest complete checkpoints (on the main process)."""
+    """Delete all but the ``keep`` newest complete checkpoints (on the main process); ``keep=0`` deletes them all."""
     if not accelerator.is_main_process:
         return
-    for old in complete_checkpoints(output_dir)[:-keep]:
+    checkpoints = complete_checkpoints(output_dir)
+    for old in checkpoints[: len(checkpoints) - keep]:
         shutil.rmtree(old)
 
 
@@ -227,7 +228,7 @@ def _agreed(accelerator: Accelerator, problem: str | None) -> str | None:
 
 RESUMABLE_CHANGES = frozenset(
     {"output_dir", "max_steps", "eval_data", "eval_every", "eval_batch_size", "save_every", "keep_checkpoints",
-     "log_with", "resume", "progress_bar", "reference_cache_dir"}
+     "delete_checkpoints_at_end", "log_with", "resume", "progress_bar", "reference_cache_dir"}
 )  # fmt: skip
 """Config fields a resumed run may change: they do not alter the updates already made or still to come
 (``max_steps`` may grow, not shrink below the checkpoint's step)."""

@@ -96,6 +96,10 @@ class TrainConfig:
     """Write a checkpoint every this many steps (and at the end); 0 writes only the end."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep; older ones are deleted once a newer one is complete."""
+    delete_checkpoints_at_end: bool = False
+    """Once the run has finished and written final/ (the weights and the tokenizer, no optimizer state), delete its
+    checkpoints. gpt2-large's final/ is 3.1 GB where a checkpoint is 9.3 GB with RMSprop, 12.4 GB with AdamW and 22 GB
+    for PPO; the price is that a finished run can no longer be continued by raising max_steps."""
     log_with: str = ""
     """Also send metrics to these accelerate trackers, comma-separated: 'tensorboard', 'wandb'."""
     resume: bool = True

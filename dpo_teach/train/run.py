@@ -335,13 +335,18 @@ class TrainingRun:
             raise self._interrupted(done)
 
     def finish(self) -> Path:
-        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it. A Ctrl-C that arrived after the
-        last step's check (while its checkpoint was written) stops the run here, that checkpoint complete."""
+        """Write ``OUTPUT/final`` (the trained model and its tokenizer) and return it; then, with
+        ``delete_checkpoints_at_end``, delete the run's checkpoints. A Ctrl-C that arrived after the last step's
+        check (while its checkpoint was written) stops the run here, that checkpoint complete."""
         self._bar.close()
         self._stop.release()
         if self._stop_requested():
             raise self._interrupted(self.config.max_steps)
-        return save_final(self.accelerator, self.model, self.tokenizer, self.output_dir)
+        final = save_final(self.accelerator, self.model, self.tokenizer, self.output_dir)
+        if self.config.delete_checkpoints_at_end:
+            prune_checkpoints(self.accelerator, self.output_dir, keep=0)
+            self.accelerator.wait_for_everyone()
+        return final
 
     def _interrupted(self, done: int) -> Interrupted:
         return Interrupted(
