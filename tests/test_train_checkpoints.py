@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from dpo_teach.train.checkpoint import complete_checkpoints
+from dpo_teach.train.checkpoint import complete_checkpoints, prune_checkpoints
 from dpo_teach.train.config import DPOConfig
 from dpo_teach.train.dpo import train_dpo
 
@@ -28,3 +31,11 @@ def test_a_finished_run_keeps_its_final_weights_and_deletes_its_checkpoints(tmp_
     deleted_weights = GPT2LMHeadModel.from_pretrained(deleted).state_dict()
     for name, tensor in GPT2LMHeadModel.from_pretrained(kept).state_dict().items():
         torch.testing.assert_close(deleted_weights[name], tensor, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("keep", "left"), [(3, [1, 2]), (2, [1, 2]), (1, [2]), (0, [])])
+def test_pruning_keeps_the_newest_and_never_more_than_exist(tmp_path, keep, left) -> None:
+    for step in (1, 2):
+        (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    prune_checkpoints(SimpleNamespace(is_main_process=True), tmp_path, keep)
+    assert [path.name for path in complete_checkpoints(tmp_path)] == [f"step-{step:08d}" for step in left]

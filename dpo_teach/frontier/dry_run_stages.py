@@ -92,7 +92,7 @@ def ppo(task: SentimentTask, plan, meter: Meter, layers: int) -> dict:
         policy = AutoModelForCausalLM.from_config(architecture)
     prompts = SentimentTask(dataclasses.replace(task.config, num_pair_prompts=config.batch_size), task.run_dir)
     train_ppo(
-        config, policy, task.tokenizer, prompts.pair_prompts[: config.batch_size], task.learned_reward,
+        config, policy, task.tokenizer, prompts.pair_prompts[: config.batch_size], task.ppo_reward("reward model"),
         accelerator=task.accelerator, callbacks=[meter.callback],
     )  # fmt: skip
     return {"steps": _steps(output_dir), "layers": layers, "parameters": sum(p.numel() for p in policy.parameters())}

@@ -103,8 +103,10 @@ class TaskConfig:
     @property
     def mixed_precision(self) -> str:
         """The precision of every trainer of the task: they share one accelerator, and accelerate allows one
-        precision per process, so the trainers' ``mixed_precision`` fields must agree."""
-        trainers = ("classifier", "sft", "dpo", "preferred_ft", "unlikelihood", "reward_model", "ppo")
+        precision per process, so the trainers' ``mixed_precision`` fields must agree (the classifier's only when
+        it is trained: ``reward: classifier``)."""
+        trainers = ("sft", "dpo", "preferred_ft", "unlikelihood", "reward_model", "ppo")
+        trainers += ("classifier",) if self.reward == "classifier" else ()
         values = {name: getattr(self, name).mixed_precision for name in trainers}
         if len(set(values.values())) > 1:
             raise ValueError(f"mixed_precision: the trainers of one task must share it, got {values}")

@@ -129,7 +129,7 @@ def prune_checkpoints(accelerator: Accelerator, output_dir: str | Path, keep: in
     if not accelerator.is_main_process:
         return
     checkpoints = complete_checkpoints(output_dir)
-    for old in checkpoints[: len(checkpoints) - keep]:
+    for old in checkpoints[: max(0, len(checkpoints) - keep)]:  # keep > len: nothing (a negative bound would cut)
         shutil.rmtree(old)
 
 
