@@ -10,7 +10,8 @@ checked by the import-linter contracts in pyproject.toml):
 - ``newton`` and ``bandit`` (the tabular world with its exact optimum), ``verify`` (the bandit's checks);
 - ``train`` (one training run shared by the SFT, DPO, reward-model, Unlikelihood and PPO trainers);
 - ``sentiment`` (the GPT-2 sentiment task's pieces); ``frontier`` (presets, stages, methods, the sweep);
-- ``bench`` and ``machine`` (``dpo-teach bench``), ``plots`` (figures), ``cli`` (``dpo-teach``).
+- ``bench`` and ``machine`` (``dpo-teach bench``), ``footprint`` and ``gpus`` (what work costs, measured here and
+  priced on a datasheet GPU), ``gpu_check`` (``dpo-teach gpu-check``), ``plots`` (figures), ``cli`` (``dpo-teach``).
 """
 
 __version__ = "0.1.0"
