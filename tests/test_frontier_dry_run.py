@@ -120,7 +120,7 @@ def test_the_bill_prices_the_whole_sweep(report):
     bill, units, config = result["bill"], result["bill"]["units"], preset("paper")
     rows = {row["stage"]: row for row in bill["rows"]}
     assert list(rows) == ["SFT", "pairs", "reward model", "reference log-probs", "DPO", "Preferred-FT",
-                          "Unlikelihood", "PPO-RM", "PPO-GT", "evaluations"]  # fmt: skip
+                          "Unlikelihood", "PPO-RM", "PPO-GT", "evaluations", "best-of-N"]  # fmt: skip
     assert bill["total_flops"] == pytest.approx(sum(row["flops"] for row in bill["rows"]))
     dpo_steps = len(config.dpo_betas) * config.dpo.max_steps
     assert rows["DPO"]["flops"] > dpo_steps * units["dpo_step"]["flops"]  # plus the held-out evaluations
@@ -129,6 +129,8 @@ def test_the_bill_prices_the_whole_sweep(report):
     assert rows["DPO"]["hours"]["A100"] == pytest.approx(rows["DPO"]["flops"] / (a100.bf16_flops * gpus.MFU) / 3600)
     evaluations = 1 + 17 * 10  # the SFT policy, then 17 runs evaluated every 100 of 1,000 steps
     assert rows["evaluations"]["flops"] == pytest.approx(evaluations * 1000 * units["eval_prompt"]["flops"])
+    per_sample = units["pair_prompt"]["flops"] / 4  # best-of-N: 16 samples for each of 1,000 prompts, once
+    assert rows["best-of-N"]["flops"] == pytest.approx(16 * 1000 * per_sample)
     floor = math.ceil(25_000 * 4 / 64) * 48 * 4 * result["plan"]["policy_parameters"] / a100.bandwidth / 3600
     assert rows["pairs"]["hours"]["A100"] >= rows["pairs"]["sampling_floor_hours"]["A100"] == pytest.approx(floor)
     assert all(row["fits_80gb"] for row in bill["rows"])  # small stand-ins fit anything

@@ -185,6 +185,15 @@ def gpu_bill(config: TaskConfig, report: dict) -> dict:
         stages["evaluation"]["peak_memory_bytes"], f"sampling batch {config.sampling.batch_size}",
         token_steps=eval_batches * new_tokens, parameters=parameters,
     ))  # fmt: skip
+    if config.best_of_n:  # max(N) samples per held-out prompt, drawn and scored once for every N
+        samples = max(config.best_of_n) * config.num_eval_prompts
+        rows.append(_row(
+            "best-of-N", f"{samples:,} samples ({max(config.best_of_n)} per held-out prompt) x {new_tokens} tokens, "
+            "scored", samples * units["pair_prompt"]["flops"] / config.samples_per_prompt,
+            stages["pairs"]["peak_memory_bytes"], f"sampling batch {config.sampling.batch_size}",
+            "the pairs stage's measured cost per sample", token_steps=math.ceil(samples / config.sampling.batch_size)
+            * new_tokens, parameters=parameters,
+        ))  # fmt: skip
     total = {key: sum(row["hours"][key] for row in rows) for key in gpus.GPUS}
     return {"gpus": {key: gpu.__dict__ for key, gpu in gpus.GPUS.items()}, "mfu": gpus.MFU, "units": units,
             "rows": rows, "total_flops": sum(row["flops"] for row in rows), "total_hours": total,
