@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForS
 from dpo_teach import cli, gpus
 from dpo_teach.frontier import dry_run as dry_run_module
 from dpo_teach.frontier.dry_run import DryRunConfig, make_plan, run_dry_run, stage_names
-from dpo_teach.frontier.dry_run_report import format_report
+from dpo_teach.frontier.dry_run_report import format_measured, format_report
 from dpo_teach.frontier.presets import preset
 from dpo_teach.frontier.standins import CLASSIFIER_ARCHITECTURES, POLICY_ARCHITECTURES
 
@@ -113,6 +113,10 @@ def test_ppo_is_extrapolated_linearly_in_depth(report):
     assert full["parameters"] == result["plan"]["policy_parameters"]  # parameters are exactly linear in depth
     assert full["flops"] == pytest.approx(one["flops"] + 3 * (two["flops"] - one["flops"]))
     assert two["flops"] > one["flops"]
+    # wall time follows the machine's load, not only the depth: not extrapolated, printed as '-'
+    assert full["seconds"] is None and result["bill"]["units"]["ppo_step"]["seconds"] is None
+    row = next(line for line in format_measured(result).splitlines() if line.startswith("ppo (4 layers)"))
+    assert row.split()[3] == "-", row
 
 
 def test_the_bill_prices_the_whole_sweep(report):

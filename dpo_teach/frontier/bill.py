@@ -29,7 +29,7 @@ from dpo_teach.frontier.sweep import evaluation_steps
 from dpo_teach.frontier.task import HELD_OUT_PAIR_FRACTION, SentimentTask
 
 POLICY, VALUE, REWARD_MODEL = "GPT2LMHeadModel", "GPT2ForTokenClassification", "GPT2ForSequenceClassification"
-LINEAR_FIELDS = ("flops", "seconds", "peak_memory_bytes", "disk_peak_bytes", "disk_kept_bytes", "parameters")
+LINEAR_FIELDS = ("flops", "peak_memory_bytes", "disk_peak_bytes", "disk_kept_bytes", "parameters")
 FORWARD_SHARE = 1 / 3
 """A forward pass's share of a training step's FLOPs on the same rows (backward: two multiplies per multiply)."""
 WEIGHT_BYTES = 4
@@ -38,7 +38,11 @@ WEIGHT_BYTES = 4
 
 def ppo_at_full_depth(plan, stages: dict) -> dict:
     """The PPO stage at the policy's depth: measured there, or extrapolated linearly in the number of layers from
-    the two depths it ran at (every block is the same, so FLOPs and parameters are exactly linear in depth)."""
+    the two depths it ran at (every block is the same, so FLOPs and parameters are exactly linear in depth).
+
+    Wall time is not extrapolated (``seconds`` and ``step_seconds`` are None): on a shared machine it follows the
+    load of the moment as much as the depth (the committed paper dry run's 8-layer PPO ran faster than its 4-layer
+    one), and a line through two such times can even fall below zero."""
     measured = [(layers, stages[f"ppo-{layers}-layers"]) for layers in plan.ppo_layers]
     if [layers for layers, _ in measured] == [plan.policy_layers]:
         return measured[0][1] | {"extrapolated_from_layers": []}
@@ -51,12 +55,22 @@ def ppo_at_full_depth(plan, stages: dict) -> dict:
     models = low["flops_by_model"].keys() | high["flops_by_model"].keys()
     result["flops_by_model"] = {name: at_depth(low["flops_by_model"].get(name, 0), high["flops_by_model"].get(name, 0))
                                 for name in models}  # fmt: skip
-    result["step_seconds"] = at_depth(*(sum(step["step_seconds"] for step in part["steps"]) for part in (low, high)))
-    return result | {"layers": plan.policy_layers, "extrapolated_from_layers": [x1, x2], "memory": low["memory"]}
+    return result | {
+        "seconds": None,
+        "step_seconds": None,
+        "layers": plan.policy_layers,
+        "extrapolated_from_layers": [x1, x2],
+        "memory": low["memory"],
+    }
 
 
-def _step_seconds(stage: dict) -> float:
+def _step_seconds(stage: dict) -> float | None:
+    """Seconds of the stage's measured steps; None for a PPO extrapolated in depth (``ppo_at_full_depth``)."""
     return stage.get("step_seconds", sum(step["step_seconds"] for step in stage.get("steps", [])))
+
+
+def _per(seconds: float | None, units: int) -> float | None:
+    return None if seconds is None else seconds / units
 
 
 def unit_costs(report: dict) -> dict:
@@ -76,7 +90,8 @@ def unit_costs(report: dict) -> dict:
         "reference_pair": {"flops": reference / dpo["reference_pairs"]},
         "dpo_step": {"flops": (dpo["flops"] - reference) / len(dpo["steps"]),
                      "seconds": _step_seconds(dpo) / len(dpo["steps"])},
-        "ppo_step": {"flops": ppo["flops"] / ppo_steps, "seconds": _step_seconds(ppo) / ppo_steps,
+        "ppo_step": {"flops": ppo["flops"] / ppo_steps,
+                     "seconds": _per(_step_seconds(ppo), ppo_steps),
                      "reward_model_flops": ppo["flops_by_model"].get(REWARD_MODEL, 0) / ppo_steps},
         "eval_prompt": {"flops": evaluation["flops"] / evaluation["prompts"],
                         "seconds": evaluation["seconds"] / evaluation["prompts"]},

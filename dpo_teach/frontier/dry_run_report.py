@@ -39,6 +39,11 @@ def _what_ran(label: str, stage: dict, plan: dict) -> str:
     }[label]
 
 
+def _wall(seconds: float | None) -> str:
+    """A stage's wall seconds; '-' for a PPO extrapolated in depth, whose wall time is not extrapolated."""
+    return "-" if seconds is None else f"{seconds:.0f}"
+
+
 def format_measured(report: dict) -> str:
     """The table of the stages as measured here (PPO at full depth extrapolated when it could not run there)."""
     machine, plan = report["machine"], report["plan"]
@@ -56,7 +61,7 @@ def format_measured(report: dict) -> str:
             continue  # measured at full depth: its own line is above
         name = f"ppo ({plan['policy_layers']} layers)" if label == "ppo" else label
         lines.append(
-            f"{name:16}{stage['seconds']:8.0f}{stage['peak_memory_bytes'] / GIB:10.1f}"
+            f"{name:16}{_wall(stage['seconds']):>8}{stage['peak_memory_bytes'] / GIB:10.1f}"
             f"{_number(stage['flops'] / 1e12, 10)}"
             f"{stage['disk_peak_bytes'] / GIB:11.2f} /{stage['disk_kept_bytes'] / GIB:6.2f}  "
             f"{_what_ran(label, stage, plan)}"
@@ -101,5 +106,7 @@ def format_bill(report: dict) -> str:
 
 def format_report(report: dict) -> str:
     """The measured stages, the bill of the whole sweep and the disk budget, as the command prints them."""
+    measured = sum(stage["process_seconds"] for stage in report["stages"].values() if stage.get("process_seconds"))
     return (f"{format_measured(report)}\n\n{format_bill(report)}\n"
+            f"wall time of the measured stages' processes: {measured:.0f} s in all (stages measured before are kept); "
             f"this invocation: {report['seconds_this_invocation']:.0f} s")  # fmt: skip
