@@ -174,7 +174,8 @@ class SentimentTask:
         return report
 
     def sft_policy(self) -> Path:
-        """Directory of the SFT policy (pi_ref of every method): trained on the train reviews as whole texts."""
+        """Directory of the SFT policy (pi_ref of every method): trained on the train reviews as whole texts, each
+        cut to the SFT config's ``max_length`` tokens (EOS appended before the cut)."""
         config = self.config
         inputs = {**self._corpus_inputs(), "vocab_size": config.vocab_size, "model": config.model}
         inputs |= {"shape": dataclasses.asdict(config.shape), "eval_reviews": config.sft_eval_reviews}
