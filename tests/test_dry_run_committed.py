@@ -1,5 +1,5 @@
 """The committed dry run of the paper preset (docs/dry-run/paper.json): every stage ran at the preset's shapes, and
-the README quotes its tables as they are. `make gpu-check` exists and the README documents it."""
+the README quotes its tables as they are."""
 
 from __future__ import annotations
 
@@ -35,11 +35,6 @@ def test_the_readme_quotes_the_committed_tables():
     lines = format_measured(REPORT).splitlines()[2:] + format_bill(REPORT).splitlines()[2:]
     missing = [line for line in lines if line.strip() and line not in readme]
     assert not missing, missing
-
-
-def test_make_gpu_check_exists_and_is_documented():
-    assert "\ngpu-check:" in (ROOT / "Makefile").read_text()
-    assert "make gpu-check" in (ROOT / "README.md").read_text()
 
 
 def test_the_readme_says_how_long_the_dry_run_took():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +42,9 @@ def test_the_cpu_path_at_tiny_size(tmp_path, capsys):
         assert step["logps/chosen"] == pytest.approx(first["bare"]["logps/chosen"], rel=2e-2), name
     assert set(report["metrics"]) >= {"dpo_ms_per_step", "dpo_tokens_per_second", "dpo_mfu", "dpo_peak_memory_gib"}
     assert "MFU n/a" in printed and "gpu_check.json" in printed
+
+
+def test_make_gpu_check_exists_and_is_documented():
+    root = Path(__file__).resolve().parent.parent
+    assert "\ngpu-check:" in (root / "Makefile").read_text()
+    assert "make gpu-check" in (root / "README.md").read_text()

@@ -131,17 +131,19 @@ def _tiny() -> TaskConfig:
       target; at 1e-4 the controller first cut the coefficient 15-fold and the KL oscillated. The horizon: with
       horizon = batch (20% per rollout) the coefficient fell 8-fold while the policy had not yet moved (the KL is
       below target at first whatever the coefficient), then PPO-RM at 3.2 nats swung from 2.6 to 9.0 nats and
-      ended at 1.6x its target (the previous committed run); at 10 batches (2%) it could not catch the drift
-      (PPO-RM ended at 1.28x for 1.6 and 1.17x for 3.2 nats); at 4 batches PPO-RM at 3.2 nats ended at 0.89x.
+      ended at 1.6x its target (the previous committed run); on that run's SFT policy and pairs, at 10 batches (2%)
+      it could not catch the drift (PPO-RM ended at 1.28x for 1.6 and 1.17x for 3.2 nats), at 4 batches PPO-RM at
+      3.2 nats ended at 0.89x.
     - Unlikelihood at alpha 0.1 and 1: 0.05 gave the curve of 0.1 (the paper's sweep has both), 0.5 one between.
     - SFT trains on the first 48 tokens of each review (45.7 tokens per review on average instead of 69.7): the
       task reads at most 8 prompt + 32 completion tokens, and truncation leaves the training target at every
       position below 48 as it was (EOS is appended before truncation, so a cut review teaches no ending).
     - Every checkpoint is evaluated on 200 held-out prompts. The first full run of this design, with 400 prompts,
       1,500 pair prompts and a third Unlikelihood run, was on course for ~30 minutes; cutting those to 256, 1,000 and
-      two brought the frontier to 1,230 s (on a machine another job shared), and a run alone with 256 prompts in one
-      sampling batch and DPO-like runs evaluated every 28 steps was on course for 21 minutes with the installation;
-      then SFT on 48 tokens and 200 prompts. The README gives the committed run's time.
+      two brought the frontier to 1,230 s (on a machine another job shared). Run alone with 256 prompts in one
+      sampling batch and DPO-like runs evaluated every 28 steps, it still spent 267 s before its first DPO run and
+      599 s before its second PPO run; SFT on 48 tokens and 200 prompts brought those to 139 s and 452 s. The README
+      gives the committed run's time.
     """
     sampling = SamplingConfig(max_new_tokens=32, batch_size=256)  # all 200 evaluation prompts in one generate call
     classifier = ClassifierConfig(
