@@ -205,26 +205,55 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """Steer beta so that the measured KL approaches ``target`` (Ziegler et al. 2019, Sec. 2.2).
+    """Steer beta so that the measured KL approaches ``target`` (Ziegler et al. 2019, Sec. 2.2), optionally ahead.
 
-        e     = clip(KL / target - 1, -0.2, 0.2)
+        KL^   = KL                                                     (lookahead = 0: Ziegler et al.)
+              = the least-squares line through the last ``window`` KLs, read ``lookahead`` updates ahead
+        e     = clip(KL^ / target - 1, -0.2, 0.2)
         beta <- beta (1 + e * num_steps / horizon)
 
     ``num_steps`` is how many samples (episodes) the measured KL came from, as in TRL's classic PPO.
+
+    The lookahead is for runs too short to settle. The policy starts at the reference (KL 0), so at first the KL
+    is below target whatever beta is; Ziegler et al.'s controller keeps cutting beta while the policy travels, and
+    by the time the KL reaches the target beta is several times too small and the KL overshoots (integral windup).
+    Reading the KL's trend ahead stops the cuts and raises beta before the crossing. With fewer than 3 KLs the line
+    is not fitted (KL^ = KL).
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+    def __init__(self, init_kl_coef: float, target: float, horizon: int, lookahead: int = 0, window: int = 16) -> None:
         require(init_kl_coef > 0, "init_kl_coef", f"must be > 0, got {init_kl_coef}")
         require(target > 0, "target", f"must be > 0, got {target}")
         require(horizon > 0, "horizon", f"must be > 0, got {horizon}")
+        require(lookahead >= 0, "lookahead", f"must be >= 0, got {lookahead}")
+        require(window >= 3, "window", f"must be >= 3 (a line through at least 3 KLs), got {window}")
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+        self.lookahead, self.window = int(lookahead), int(window)
+        self.recent_kls: list[float] = []
+
+    def predicted_kl(self) -> float:
+        """KL^: the last measured KL, or with a lookahead the fitted line through the recent ones, read ahead."""
+        kls = self.recent_kls
+        if self.lookahead == 0 or len(kls) < 3:
+            return kls[-1]
+        steps = torch.arange(len(kls), dtype=torch.float64)
+        values = torch.tensor(kls, dtype=torch.float64)
+        centred = steps - steps.mean()
+        slope = (centred * (values - values.mean())).sum() / (centred**2).sum()
+        return float(values.mean() + slope * (centred[-1] + self.lookahead))
 
     def update(self, current_kl: float, num_steps: int) -> None:
-        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.recent_kls = (self.recent_kls + [float(current_kl)])[-self.window :]
+        proportional_error = min(max(self.predicted_kl() / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * num_steps / self.horizon
 
     def state_dict(self) -> dict:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+        return {
+            "value": self.value, "target": self.target, "horizon": self.horizon, "lookahead": self.lookahead,
+            "window": self.window, "recent_kls": list(self.recent_kls),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])
+        self.lookahead, self.window = int(state["lookahead"]), int(state["window"])
+        self.recent_kls = [float(kl) for kl in state["recent_kls"]]

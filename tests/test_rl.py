@@ -1,6 +1,6 @@
 """Tests of dpo_teach.rl: GAE against a naive loop and hand values, the KL-penalized rewards of ragged
 rows, whitening, the clipped losses' values and gradients against the written-out formulas and autograd,
-entropy against torch.distributions, and the KL controllers.
+entropy against torch.distributions, and the KL controllers (the lookahead's line against numpy's polyfit).
 
 Tolerances: the same float64 inputs computed two ways agree to round-off (``atol=1e-12, rtol=1e-12``);
 whitening adds 1e-8 to the variance, so its unit variance holds to ``1e-6``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,6 +219,49 @@ def test_adaptive_kl_controller_moves_beta_toward_the_target():
     restored.load_state_dict(controller.state_dict())
     assert restored.state_dict() == controller.state_dict()
     assert restored.value == controller.value
+
+
+def test_the_lookahead_reads_the_least_squares_line_ahead():
+    """KL^ is the line fitted to the last ``window`` KLs (checked against numpy's polyfit) read ``lookahead`` steps
+    past the last one; KLs older than the window do not count, and with fewer than 3 KLs KL^ is the last KL."""
+    controller = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=256, lookahead=4, window=5)
+    controller.update(current_kl=50.0, num_steps=64)  # one KL: KL^ = 50, error clipped to 0.2
+    assert controller.predicted_kl() == 50.0
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 64 / 256), rel=1e-15)
+    controller.update(current_kl=5.0, num_steps=64)  # two KLs: still the last one
+    assert controller.predicted_kl() == 5.0
+    kls = np.random.default_rng(0).uniform(4.0, 8.0, size=9)
+    for kl in kls[:-1]:
+        controller.update(current_kl=float(kl), num_steps=64)
+    before = controller.value
+    controller.update(current_kl=float(kls[-1]), num_steps=64)
+    slope, intercept = np.polyfit(np.arange(5), kls[-5:], deg=1)
+    predicted = intercept + slope * (4 + 4)
+    assert controller.predicted_kl() == pytest.approx(predicted, rel=1e-12, abs=1e-12)
+    error = min(max(predicted / 6.0 - 1.0, -0.2), 0.2)
+    assert controller.value == pytest.approx(before * (1 + error * 64 / 256), rel=1e-12)
+
+
+def test_a_restored_controller_continues_its_line():
+    """The recent KLs travel in the state: a controller restored mid-run makes the same next update."""
+    controller = AdaptiveKLController(init_kl_coef=0.3, target=3.0, horizon=256, lookahead=8, window=4)
+    for kl in (0.5, 1.0, 1.8, 2.2, 2.9):
+        controller.update(current_kl=kl, num_steps=64)
+    restored = AdaptiveKLController(init_kl_coef=1.0, target=1.0, horizon=1)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.state_dict() == controller.state_dict()
+    controller.update(current_kl=3.1, num_steps=64)
+    restored.update(current_kl=3.1, num_steps=64)
+    assert restored.value == controller.value
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [(dict(lookahead=-1), "lookahead"), (dict(window=2), "window")],
+)
+def test_bad_controller_settings_name_the_argument(settings, field):
+    with pytest.raises(ValueError, match=field):
+        AdaptiveKLController(init_kl_coef=0.1, target=1.0, horizon=256, **settings)
 
 
 def test_fixed_kl_controller_keeps_beta_and_round_trips():

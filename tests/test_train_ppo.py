@@ -142,8 +142,9 @@ def test_the_adaptive_controller_moves_beta_towards_the_target(run):
 
 def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, run):
     """Stop after step 2 (max_steps), resume to step 4: the same final weights, the same metrics (every number but
-    the timings), and the KL controller's beta continues from where it was, not from init_kl_coef."""
-    settings = dict(target_kl=1.0, kl_horizon=100, init_kl_coef=0.05, save_every=2)
+    the timings), and the KL controller's beta continues from where it was, not from init_kl_coef, its lookahead's
+    line through the KLs of the steps before the interruption."""
+    settings = dict(target_kl=3.0, kl_horizon=100, init_kl_coef=0.05, save_every=2, kl_lookahead=2, kl_window=3)
     uninterrupted = run("uninterrupted", max_steps=4, **settings)
     run("resumed", max_steps=2, **settings)
     trainer_state = json.loads((tmp_path / "resumed/checkpoints/step-00000002/trainer_state.json").read_text())
@@ -191,6 +192,8 @@ def test_a_reward_of_the_wrong_shape_is_named(tmp_path, tiny_tokenizer, make_tin
         ({"lam": 1.5}, r"lam: must be in \[0, 1\]"),
         ({"init_kl_coef": 0.0}, "init_kl_coef: must be > 0"),
         ({"clip_range": 0.0}, "clip_range: must be > 0"),
+        ({"kl_lookahead": -1}, "kl_lookahead: must be >= 0"),
+        ({"kl_window": 2}, r"kl_window: must be >= 3 \(a line through at least 3 KLs\)"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, overrides, message):

@@ -280,6 +280,10 @@ class PPOConfig(TrainConfig):
     """Sequence KL(pi || pi_ref) in nats that the adaptive controller steers towards."""
     kl_horizon: int = 10000  # Ziegler et al. 2019, TRL's classic PPOConfig
     """Horizon of the adaptive controller, in sequences: beta changes by at most 20% * batch_size / horizon a step."""
+    kl_lookahead: int = 0  # Ziegler et al. 2019: the controller reads the last KL
+    """PPO steps ahead at which the controller reads the KL's trend (a line through the last kl_window KLs)."""
+    kl_window: int = 16
+    """How many of the last PPO steps' KLs the lookahead's line is fitted to (unused when kl_lookahead is 0)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -290,6 +294,8 @@ class PPOConfig(TrainConfig):
         )
         for name in ("max_new_tokens", "ppo_epochs", "num_minibatches", "kl_horizon"):
             require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        require(self.kl_lookahead >= 0, "kl_lookahead", f"must be >= 0, got {self.kl_lookahead}")
+        require(self.kl_window >= 3, "kl_window", f"must be >= 3 (a line through at least 3 KLs), got {self.kl_window}")
         require(
             self.batch_size % self.num_minibatches == 0,
             "num_minibatches",

@@ -59,9 +59,11 @@ Reward = Callable[[list[str]], torch.Tensor]
 
 
 def make_kl_controller(config: PPOConfig) -> AdaptiveKLController | FixedKLController:
-    """Ziegler et al. 2019's adaptive controller (Sec. 2.2), or a fixed coefficient."""
+    """Ziegler et al. 2019's adaptive controller (Sec. 2.2), optionally reading the KL ahead, or a fixed coefficient."""
     if config.adaptive_kl:
-        return AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+        return AdaptiveKLController(
+            config.init_kl_coef, config.target_kl, config.kl_horizon, config.kl_lookahead, config.kl_window
+        )
     return FixedKLController(config.init_kl_coef)
 
 
