@@ -126,20 +126,20 @@ def _tiny() -> TaskConfig:
     - PPO: targets of 0.05, 0.1 and 0.2 nats per token, the paper's range, times the 32-token completions; rewards
       standardized on SFT samples; from the coefficient that holds the target for a standardized reward
       (``methods.initial_kl_coef``) the controller may move it 5% per rollout (horizon = 4 batches), comparing the
-      target with the KL's trend read 8 rollouts ahead (the line through the last 16 rollouts' KLs); 48 rollouts
-      of 64, evaluated every 8; 2 epochs of 2 minibatches per rollout. lr 2e-4: at 5e-4 the first rollouts moved
-      the policy ~3 nats, the controller then drove its coefficient up 1,000-fold and the run ended at 2.2x its
-      target; at 1e-4 the controller first cut the coefficient 15-fold and the KL oscillated. The horizon: with
-      horizon = batch (20% per rollout) the coefficient fell 8-fold while the policy had not yet moved (the KL is
-      below target at first whatever the coefficient), then PPO-RM at 3.2 nats swung from 2.6 to 9.0 nats and
-      ended at 1.6x its target (the previous committed run); on that run's SFT policy and pairs, at 10 batches (2%)
-      it could not catch the drift (PPO-RM ended at 1.28x for 1.6 and 1.17x for 3.2 nats), at 4 batches PPO-RM at
-      3.2 nats ended at 0.89x. The lookahead: reading the last KL (Ziegler et al.), the controller still cut the
-      coefficient 2-5-fold while the policy travelled, and the committed run of that design ended PPO-RM at 1.28x,
-      1.17x and 1.31x (PPO-GT 1.04x, 1.05x, 0.97x). On that run's SFT policy, pairs and reward model, the six runs
-      with the lookahead ended within 0.87x-1.13x of their targets for seed 0 and 0.87x-1.09x for seed 1; letting
-      beta fall at half the rate it rises instead gave 0.96x-1.28x and 0.88x-1.17x, both together 0.84x-1.01x and
-      0.85x-0.93x.
+      target with the KL's trend read 8 rollouts ahead (the line through the last 16 rollouts' KLs); 48 rollouts of 64,
+      evaluated every 8; 2 epochs of 2 minibatches per rollout. lr 2e-4: at 5e-4 the first rollouts moved the policy ~3
+      nats, the controller then drove its coefficient up 1,000-fold and the run ended at 2.2x its target; at 1e-4 the
+      controller first cut the coefficient 15-fold and the KL oscillated. The horizon: with horizon = batch (20% per
+      rollout) the coefficient fell 8-fold while the policy had not yet moved (the KL is below target at first whatever
+      the coefficient), then PPO-RM at 3.2 nats swung from 2.6 to 9.0 nats and ended at 1.6x its target (the committed
+      run two before the current one); on that run's SFT policy and pairs, at 10 batches (2%) it could not catch the
+      drift (PPO-RM ended at 1.28x for 1.6 and 1.17x for 3.2 nats), at 4 batches PPO-RM at 3.2 nats ended at 0.89x. The
+      lookahead: reading the last KL (Ziegler et al.), the controller still cut the coefficient 2-5-fold while the
+      policy travelled, and the previous committed run, of that design, ended PPO-RM at 1.28x, 1.17x and 1.31x (PPO-GT
+      1.04x, 1.05x, 0.97x). On that run's SFT policy, pairs and reward model, the six runs with the lookahead ended
+      within 0.87x-1.13x of their targets for seed 0 and 0.87x-1.09x for seed 1; letting beta fall at half the rate it
+      rises instead gave 0.96x-1.28x and 0.88x-1.17x, both together 0.84x-1.01x and 0.85x-0.93x. The current committed
+      run, with the lookahead, ended all six within 0.97x-1.10x (README).
     - Unlikelihood at alpha 0.1 and 1: 0.05 gave the curve of 0.1 (the paper's sweep has both), 0.5 one between.
     - SFT trains on the first 48 tokens of each review (45.7 tokens per review on average instead of 69.7): the
       task reads at most 8 prompt + 32 completion tokens, and truncation leaves the training target at every
