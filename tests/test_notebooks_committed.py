@@ -99,3 +99,14 @@ def test_readme_lists_every_notebook():
     readme = (ROOT / "README.md").read_text()
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert f"`{path.name}`" in readme, path.name
+
+
+JUPYTERLAB_MAX_NUMBER_OUTPUTS = 50  # JupyterLab's notebook setting maxNumberOutputs: past it, "show more outputs"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda path: path.stem)
+def test_every_output_shows_without_a_click(path):
+    """No code cell holds more outputs than JupyterLab shows before its "show more outputs" button (progress bars
+    are widget outputs and are dropped by ``tools/execute_notebooks.py``; a flood of them would hide the figures)."""
+    for index, cell in enumerate(_cells(path)):
+        assert len(cell.get("outputs", [])) < JUPYTERLAB_MAX_NUMBER_OUTPUTS, (index, len(cell["outputs"]))
