@@ -393,7 +393,8 @@ def format_report(summary: dict) -> str:
         f"dpo-teach bench: GPT-2 {config['n_layer']} layers x {config['n_embd']} wide, vocabulary "
         f"{model['vocab_size']}, {model['parameters'] / 1e6:.2f}M parameters; {config['batch_size']} pairs per step, "
         f"{precision}, AdamW",
-        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch thread(s), "
+        f"machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['cores']} cores, "
+        f"{machine['torch_threads']} torch thread(s), "
         f"device {machine['device']}; {versions}",
         f"each variant in its own process, {config['rounds']} round(s) in rotated order, {config['warmup']} warm-up "
         f"+ {config['steps']} measured steps per process; medians over all rounds",

@@ -217,8 +217,8 @@ class AdaptiveKLController:
     The lookahead is for runs too short to settle. The policy starts at the reference (KL 0), so at first the KL
     is below target whatever beta is; Ziegler et al.'s controller keeps cutting beta while the policy travels, and
     by the time the KL reaches the target beta is several times too small and the KL overshoots (integral windup).
-    Reading the KL's trend ahead stops the cuts and raises beta before the crossing. With fewer than 3 KLs the line
-    is not fitted (KL^ = KL).
+    Reading the KL's trend ahead stops the cuts sooner and raises beta before the KL has gone far past the target.
+    With fewer than 3 KLs the line is not fitted (KL^ = KL).
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int, lookahead: int = 0, window: int = 16) -> None:
@@ -232,7 +232,7 @@ class AdaptiveKLController:
         self.recent_kls: list[float] = []
 
     def predicted_kl(self) -> float:
-        """KL^: the last measured KL, or with a lookahead the fitted line through the recent ones, read ahead."""
+        """KL^, after at least one update: the last KL, or with a lookahead the line through the recent KLs, ahead."""
         kls = self.recent_kls
         if self.lookahead == 0 or len(kls) < 3:
             return kls[-1]
@@ -255,5 +255,8 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = float(state["value"]), float(state["target"]), int(state["horizon"])
-        self.lookahead, self.window = int(state["lookahead"]), int(state["window"])
-        self.recent_kls = [float(kl) for kl in state["recent_kls"]]
+        # a checkpoint from before the lookahead existed holds none of these: its controller read the last KL, and
+        # resuming already checked that the run's settings (kl_lookahead, kl_window) are those it was saved with
+        self.lookahead = int(state.get("lookahead", self.lookahead))
+        self.window = int(state.get("window", self.window))
+        self.recent_kls = [float(kl) for kl in state.get("recent_kls", [])]

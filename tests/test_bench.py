@@ -13,6 +13,7 @@ import math
 import statistics
 
 import pytest
+import torch
 
 from dpo_teach import bench, cli
 
@@ -40,6 +41,7 @@ def test_the_report_has_every_variant_and_the_machine(quick_run):
         assert "TRL DPOTrainer" in printed and "not installed" in printed
     machine = summary["machine"]
     assert machine["cores"] >= 1 and machine["device"] and machine["versions"]["torch"] in printed
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in printed  # the kernels' instruction set, e.g. AVX512
     assert f"{bench.QUICK['steps']} measured steps" in printed
     for ratio in summary["ratios"]:
         assert ratio in printed

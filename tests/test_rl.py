@@ -255,6 +255,16 @@ def test_a_restored_controller_continues_its_line():
     assert restored.value == controller.value
 
 
+def test_a_controller_state_from_before_the_lookahead_resumes_as_ziegler():
+    """A checkpoint written before ``lookahead`` existed holds only value, target and horizon: it resumes with the
+    settings the controller was built with and no recent KLs (its next update reads that step's KL)."""
+    controller = AdaptiveKLController(init_kl_coef=1.0, target=1.0, horizon=1)
+    controller.load_state_dict({"value": 0.2, "target": 6.0, "horizon": 256})
+    assert (controller.lookahead, controller.window, controller.recent_kls) == (0, 16, [])
+    controller.update(current_kl=6.6, num_steps=64)
+    assert controller.value == pytest.approx(0.2 * (1 + 0.1 * 64 / 256), rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("settings", "field"),
     [(dict(lookahead=-1), "lookahead"), (dict(window=2), "window")],

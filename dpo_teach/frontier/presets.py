@@ -114,7 +114,7 @@ class TaskConfig:
 
 
 def _tiny() -> TaskConfig:
-    """Sized for a 2-core CPU: the whole frontier in 16 minutes (``make demo`` 18), each run traced as a curve.
+    """Sized for a 2-core CPU: the whole frontier in 17 minutes (``make demo`` 18-19), each run traced as a curve.
 
     - Ground truth: a 2-layer classifier trained here on the corpus's labels (whole reviews and prefixes), read as
       p(positive) like the paper's siebert classifier.

@@ -281,8 +281,9 @@ class PPOConfig(TrainConfig):
     kl_horizon: int = 10000  # Ziegler et al. 2019, TRL's classic PPOConfig
     """Horizon of the adaptive controller, in sequences: beta changes by at most 20% * batch_size / horizon a step."""
     kl_lookahead: int = 0  # Ziegler et al. 2019: the controller reads the last KL
-    """PPO steps ahead at which the controller reads the KL's trend (a line through the last kl_window KLs)."""
-    kl_window: int = 16
+    """PPO steps ahead at which the controller reads the KL's trend (a line through the last kl_window KLs); unused
+    with adaptive_kl: false."""
+    kl_window: int = 16  # this toolkit's choice (no paper has a lookahead): a line through 16 steps' KLs
     """How many of the last PPO steps' KLs the lookahead's line is fitted to (unused when kl_lookahead is 0)."""
 
     def __post_init__(self) -> None:
